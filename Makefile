@@ -1,0 +1,41 @@
+# `make serve`: set up, train a model if the store has none, serve on :3000.
+# `make test`:  set up, lint, run the whole test suite.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
+export BENTOML_DO_NOT_TRACK := true
+
+.PHONY: setup model train serve test lint bench system-deps docker-engine
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[train,dev]'
+	rm -f $(VENV)/.installed-* && touch $@
+
+model: setup  ## train and register a model unless the store already has one
+	$(BIN)/bentoml models get mnist-mlp:latest >/dev/null 2>&1 || $(BIN)/python -m training
+
+train: setup
+	$(BIN)/python -m training $(ARGS)
+
+serve: model
+	$(BIN)/bentoml serve --port 3000
+
+system-deps:  ## Chromium + driver for the browser test (Debian, as root)
+	bash scripts/system-deps.sh
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: setup system-deps lint
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+docker-engine:  ## a Docker engine and local base image without a registry (Debian, root)
+	bash scripts/docker-engine.sh
+
+bench: model
+	$(BIN)/python -m benchmarks.run_all

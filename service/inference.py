@@ -1,0 +1,57 @@
+"""Serving's model side: where the checkpoint comes from; arrays in, probabilities out."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from training import load_checkpoint, read_metadata
+from training.checkpoint import build_model
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    path: Path
+    tag: str | None  # BentoML store tag, None when served from a plain file
+
+
+class Classifier:
+    """A loaded MLP plus the metadata that describes it; thread-safe for inference."""
+
+    def __init__(self, source: ModelSource) -> None:
+        payload = load_checkpoint(source.path)  # raises CheckpointError with a one-line reason
+        self.model = build_model(payload)
+        self.metadata: dict[str, Any] = read_metadata(source.path)
+        self.source = source
+
+    def probabilities(self, images: np.ndarray) -> np.ndarray:
+        """(N, 784) float32 in [0, 1] -> (N, 10) float32 softmax probabilities."""
+        with torch.inference_mode():
+            return self.model(torch.from_numpy(images)).softmax(dim=1).numpy()
+
+    def info(self) -> dict[str, Any]:
+        meta = self.metadata
+        metrics = meta.get("metrics", {})
+        return {
+            "tag": self.source.tag,
+            "source": "bentoml-store" if self.source.tag else "file",
+            "sha256": meta["sha256"],
+            "architecture": meta["architecture"],
+            "config": meta.get("config", {}),
+            "test_accuracy": metrics.get("test_accuracy"),
+            "history": metrics.get("history", []),
+            "data_md5": meta.get("data_md5", {}),
+            "torch_version": meta.get("torch_version", ""),
+            "git_commit": meta.get("git_commit"),
+            "created_at": meta.get("created_at", ""),
+        }
+
+
+def prediction(row: np.ndarray) -> dict[str, Any]:
+    """One probability row as the public `{"digit", "confidence", "probabilities"}` object."""
+    digit = int(row.argmax())
+    return {"digit": digit, "confidence": float(row[digit]), "probabilities": row.tolist()}

@@ -1,0 +1,145 @@
+"""Reading request bodies with limits, and the clear 4xx answers for everything a client gets wrong.
+
+Kept apart from the model: these functions know HTTP (Starlette requests), nothing of torch.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+import numpy as np
+from starlette.datastructures import UploadFile
+from starlette.requests import Request
+from starlette.responses import Response
+
+logger = logging.getLogger("service.requests")
+
+
+class ClientError(Exception):
+    """A request the client must fix: answered with `status` and `{"error": message}`."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+    def response(self, ctx: Any) -> Response:
+        """The answer, logged as one line; `ctx` is the BentoML context (it owns the status)."""
+        request = ctx.request
+        logger.warning(
+            "%s %s -> %d: %s", request.method, request.url.path, self.status, self.message
+        )
+        ctx.response.status_code = self.status
+        return json_response({"error": self.message}, self.status)
+
+
+def json_response(payload: object, status: int = 200) -> Response:
+    """Compact JSON without BentoML's per-response pydantic schema work (a hot-path cost)."""
+    body = json.dumps(payload, separators=(",", ":"), allow_nan=False).encode()
+    return Response(body, status_code=status, media_type="application/json")
+
+
+def media_type(request: Request) -> str:
+    return request.headers.get("content-type", "").split(";")[0].strip().lower()
+
+
+def require_media_type(request: Request, *expected: str) -> None:
+    if media_type(request) not in expected:
+        got = media_type(request) or "none"
+        raise ClientError(415, f"expected Content-Type {' or '.join(expected)}, got {got}")
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The whole body, refused with 413 as soon as it exceeds `limit` bytes."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.isdigit():
+            raise ClientError(400, "invalid Content-Length header")
+        if int(declared) > limit:
+            raise ClientError(413, f"request body is {declared} bytes; the limit is {limit}")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise ClientError(413, f"request body exceeds the limit of {limit} bytes")
+        chunks.append(chunk)
+    body = b"".join(chunks)
+    request._body = body  # Starlette's own cache: `request.form()` parses from it
+    return body
+
+
+async def read_files(request: Request, field: str, limit: int, max_files: int) -> list[bytes]:
+    """Contents of the multipart file fields named `field`, in order."""
+    require_media_type(request, "multipart/form-data")
+    await read_body(request, limit)
+    try:
+        form = await request.form(max_files=max_files, max_fields=max_files)
+    except Exception as exc:  # Starlette raises several types for malformed multipart
+        raise ClientError(400, f"malformed multipart body: {exc}") from None
+    try:
+        values = form.getlist(field)
+        if not values:
+            raise ClientError(400, f"missing multipart file field '{field}'")
+        if not all(isinstance(value, UploadFile) for value in values):
+            raise ClientError(400, f"multipart field '{field}' must be a file, not text")
+        return [await value.read() for value in values]
+    finally:
+        await form.close()
+
+
+def parse_image_array(payload: object, max_images: int) -> np.ndarray:
+    """`{"images": [...]}` -> (N, 784) float32, each image 28x28 or 784 values in [0, 1]."""
+    if not isinstance(payload, dict) or "images" not in payload:
+        raise ClientError(422, 'body must be a JSON object with an "images" list')
+    images = payload["images"]
+    if not isinstance(images, list):
+        raise ClientError(422, '"images" must be a list of images')
+    if not images:
+        raise ClientError(422, '"images" is empty; send at least one image')
+    if len(images) > max_images:
+        raise ClientError(413, f"{len(images)} images in one request; the limit is {max_images}")
+    try:
+        array = np.array(images, dtype=np.float32)
+    except (ValueError, TypeError):
+        raise ClientError(
+            422, "each image must be 28 lists of 28 numbers or one list of 784 numbers"
+        ) from None
+    if array.shape[1:] == (28, 28):
+        array = array.reshape(len(array), 784)
+    if array.ndim != 2 or array.shape[1] != 784:
+        raise ClientError(
+            422,
+            f"images have shape {list(array.shape[1:])}; expected [28, 28] or [784]",
+        )
+    if not np.isfinite(array).all():
+        raise ClientError(422, "image values must be finite numbers (no NaN or infinity)")
+    if array.min() < 0 or array.max() > 1:
+        raise ClientError(422, "image values must lie in [0, 1]")
+    return array
+
+
+def parse_json(body: bytes) -> object:
+    try:
+        return json.loads(body, parse_constant=_reject_constant)
+    except (ValueError, RecursionError) as exc:
+        raise ClientError(400, f"body is not valid JSON: {str(exc)[:200]}") from None
+
+
+def _reject_constant(name: str) -> float:
+    raise ValueError(f"{name} is not a valid JSON number")
+
+
+def parse_bulk(body: bytes, max_images: int) -> np.ndarray:
+    """N x 784 uint8 bytes -> (N, 784) float32 in [0, 1]."""
+    if not body:
+        raise ClientError(422, "empty body; send N x 784 uint8 pixel bytes")
+    if len(body) % 784:
+        raise ClientError(
+            422, f"body length {len(body)} is not a multiple of 784 (28x28 uint8 pixels)"
+        )
+    count = len(body) // 784
+    if count > max_images:
+        raise ClientError(413, f"{count} images in one request; the limit is {max_images}")
+    return np.frombuffer(body, dtype=np.uint8).reshape(count, 784).astype(np.float32) / 255

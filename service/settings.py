@@ -1,0 +1,61 @@
+"""Every service setting, read from the environment in one place and validated at start."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import AliasChoices, Field, SecretStr, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ServiceSettings(BaseSettings):
+    """Environment variables `MNIST_*` (and the two plain names `MODEL_PATH`, `API_KEY`)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="MNIST_", extra="ignore", protected_namespaces=(), frozen=True
+    )
+
+    model_path: Path | None = Field(
+        None,
+        validation_alias=AliasChoices("MODEL_PATH", "MNIST_MODEL_PATH"),
+        description="Checkpoint file to serve; unset: mnist-mlp:latest from the BentoML store.",
+    )
+    api_key: SecretStr | None = Field(
+        None,
+        validation_alias=AliasChoices("API_KEY", "MNIST_API_KEY"),
+        description="When set, prediction and model-info endpoints need `Bearer <key>`.",
+    )
+    workers: int = Field(1, ge=1, le=64, description="Server worker processes.")
+    torch_threads: int = Field(1, ge=1, le=256, description="torch threads per worker.")
+    batching: bool = Field(True, description="Adaptive batching of /predict_image requests.")
+    max_batch_size: int = Field(64, ge=1, le=4096, description="Largest adaptive batch.")
+    max_latency_ms: float = Field(
+        2.0, ge=0, le=1000, description="How long a batch waits for more requests."
+    )
+    max_upload_bytes: int = Field(
+        10 * 1024 * 1024, ge=1024, description="Largest accepted image upload body (413 above)."
+    )
+    max_json_bytes: int = Field(
+        64 * 1024 * 1024, ge=1024, description="Largest accepted JSON body (413 above)."
+    )
+    max_bulk_images: int = Field(
+        100_000, ge=1, description="Most images in one /predict_bulk body."
+    )
+    max_batch_images: int = Field(
+        4096, ge=1, description="Most images in one /predict or /predict_images request."
+    )
+    max_image_pixels: int = Field(
+        40_000_000, ge=784, description="Largest decoded image (width x height) accepted."
+    )
+
+
+def load_settings() -> ServiceSettings:
+    """Read the settings; a bad value is a one-line error naming the variable."""
+    try:
+        return ServiceSettings()
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'MNIST_' + str(err['loc'][0]).upper() if err['loc'] else '?'}: {err['msg']}"
+            for err in exc.errors()
+        )
+        raise SystemExit(f"error: invalid service settings: {problems}") from None

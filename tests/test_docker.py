@@ -1,0 +1,227 @@
+"""The Docker image end to end: build it from the repository root, run it, classify MNIST digits.
+
+Needs a Docker engine (`bash scripts/docker-engine.sh` starts one, even without a registry). Without
+one these tests are skipped, except under CI=true, where a missing engine is a failure.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+pytestmark = [pytest.mark.docker, pytest.mark.timeout(1800)]
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+LOCAL_BASE_IMAGE = "local/bookworm:latest"
+BUILD_TIMEOUT_S = 1500
+READY_TIMEOUT_S = 120
+STOP_BUDGET_S = 10
+
+
+def docker(*args: str, timeout: float = 60, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """Run the docker CLI; on failure the error shows the command's output."""
+    result = subprocess.run(
+        ["docker", *args], capture_output=True, text=True, timeout=timeout, check=False
+    )
+    if check and result.returncode != 0:
+        output = (result.stdout + result.stderr)[-4000:]
+        raise AssertionError(f"docker {' '.join(args)} exited {result.returncode}:\n{output}")
+    return result
+
+
+def engine_problem() -> str | None:
+    """Why no Docker engine can be used, or None when one answers."""
+    if shutil.which("docker") is None:
+        return "no docker CLI on PATH"
+    try:
+        result = docker("info", timeout=30, check=False)
+    except subprocess.TimeoutExpired:
+        return "`docker info` timed out"
+    if result.returncode != 0:
+        lines = result.stderr.strip().splitlines() or ["no output"]
+        return f"`docker info` failed: {lines[-1]}"
+    return None
+
+
+def base_image_args() -> list[str]:
+    """Build on the debootstrapped base image when there is one (no registry needed)."""
+    if docker("image", "inspect", LOCAL_BASE_IMAGE, check=False).returncode == 0:
+        return ["--build-arg", f"BASE_IMAGE={LOCAL_BASE_IMAGE}"]
+    return []
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_until_ready(name: str, base_url: str) -> None:
+    """Poll /readyz; fail early, with the container's log, if the container exits."""
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{base_url}/readyz", timeout=5).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass  # not listening yet; the first connections can also be reset
+        running = docker("inspect", "--format", "{{.State.Running}}", name, check=False)
+        if running.stdout.strip() != "true":
+            logs = docker("logs", "--tail", "50", name, check=False)
+            pytest.fail(f"container {name} exited before ready:\n{logs.stdout}{logs.stderr}")
+        time.sleep(1)
+    logs = docker("logs", "--tail", "50", name, check=False)
+    pytest.fail(f"{base_url}/readyz not 200 after {READY_TIMEOUT_S} s:\n{logs.stdout}{logs.stderr}")
+
+
+@contextlib.contextmanager
+def running_container(image: str) -> Iterator[tuple[str, str]]:
+    """Start the image on a free port of 127.0.0.1; yield (container name, base URL); remove it."""
+    name = f"mnist-service-test-{uuid.uuid4().hex[:12]}"
+    port = free_port()
+    docker("run", "-d", "--name", name, "-p", f"127.0.0.1:{port}:3000", image)
+    try:
+        base_url = f"http://127.0.0.1:{port}"
+        wait_until_ready(name, base_url)
+        yield name, base_url
+    finally:
+        docker("rm", "-f", name, check=False)
+
+
+@pytest.fixture(scope="module")
+def docker_engine() -> None:
+    problem = engine_problem()
+    if problem is not None:
+        message = f"no Docker engine ({problem}); start one with `bash scripts/docker-engine.sh`"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"CI=true, so this is an error: {message}")
+        pytest.skip(message)
+
+
+@pytest.fixture(scope="module")
+def image(docker_engine: None, trained_checkpoint: Path) -> Iterator[str]:
+    """Build the image from the repository root around the session's trained checkpoint."""
+    tag = f"mnist-service-test:{uuid.uuid4().hex[:12]}"
+    # The checkpoint must lie inside the build context; artifacts/ is git-ignored.
+    context_dir = REPO_ROOT / "artifacts" / f"docker-test-{uuid.uuid4().hex[:12]}"
+    context_dir.mkdir(parents=True)
+    try:
+        shutil.copy2(trained_checkpoint, context_dir / "model.pt")
+        model_path = (context_dir / "model.pt").relative_to(REPO_ROOT).as_posix()
+        docker(
+            "build",
+            "--force-rm",
+            *base_image_args(),
+            "--build-arg",
+            f"MODEL_PATH={model_path}",
+            "-t",
+            tag,
+            str(REPO_ROOT),
+            timeout=BUILD_TIMEOUT_S,
+        )
+    finally:
+        shutil.rmtree(context_dir, ignore_errors=True)
+    try:
+        yield tag
+    finally:
+        # --no-prune keeps the untagged parent layers: the next build reuses them as its cache.
+        docker("rmi", "--force", "--no-prune", tag, check=False)
+
+
+@pytest.fixture(scope="module")
+def container(image: str) -> Iterator[tuple[str, str]]:
+    with running_container(image) as name_and_url:
+        yield name_and_url
+
+
+def test_predicts_the_digits_the_offline_model_predicts(
+    container: tuple[str, str], mnist_test_pngs: list[tuple[bytes, int]]
+) -> None:
+    _, base_url = container
+    assert mnist_test_pngs
+    for index, (png, expected_digit) in enumerate(mnist_test_pngs):
+        response = httpx.post(
+            f"{base_url}/predict_image",
+            files={"image": (f"digit-{index}.png", png, "image/png")},
+            timeout=30,
+        )
+        assert response.status_code == 200, response.text
+        answer = response.json()
+        assert answer["digit"] == expected_digit, f"image {index}: {answer}"
+        assert 0.0 <= answer["confidence"] <= 1.0
+        assert len(answer["probabilities"]) == 10
+        assert answer["confidence"] == pytest.approx(max(answer["probabilities"]))
+
+
+def test_server_runs_as_non_root_user(container: tuple[str, str]) -> None:
+    name, _ = container
+    uid = docker("exec", name, "id", "-u").stdout.strip()
+    assert uid.isdigit() and uid != "0", f"server runs as uid {uid!r}"
+
+
+def test_healthcheck_command_passes_on_a_ready_server(container: tuple[str, str]) -> None:
+    name, _ = container
+    config = docker("inspect", "--format", "{{json .Config.Healthcheck}}", name).stdout
+    healthcheck = json.loads(config)
+    assert healthcheck and healthcheck["Test"][0] == "CMD", healthcheck
+    result = docker("exec", name, *healthcheck["Test"][1:], check=False, timeout=30)
+    assert result.returncode == 0, result.stderr
+
+
+def test_image_holds_no_cuda(image: str) -> None:
+    packages = docker(
+        "run", "--rm", "--entrypoint", "pip", image, "list", "--format=freeze", timeout=120
+    ).stdout.lower()
+    cuda = [
+        line
+        for line in packages.splitlines()
+        if line.startswith(("nvidia-", "triton", "cuda")) and not line.startswith("nvidia-ml-py")
+    ]
+    assert not cuda, cuda
+    torch_cuda = docker(
+        "run", "--rm", "--entrypoint", "python", image,
+        "-c", "import torch; print(torch.version.cuda)",
+        timeout=120,
+    ).stdout.strip()  # fmt: skip
+    assert torch_cuda == "None"
+
+
+def test_docker_stop_ends_the_server_promptly(image: str) -> None:
+    with running_container(image) as (name, _):
+        started = time.monotonic()
+        docker("stop", "--time", str(STOP_BUDGET_S), name, timeout=STOP_BUDGET_S + 30)
+        elapsed = time.monotonic() - started
+        exit_code = docker("inspect", "--format", "{{.State.ExitCode}}", name).stdout.strip()
+    # 137 would mean SIGTERM was ignored and docker had to SIGKILL after the grace period.
+    assert exit_code != "137", f"killed after {elapsed:.1f} s: SIGTERM did not stop the server"
+    assert elapsed < STOP_BUDGET_S
+
+
+def test_build_without_checkpoint_fails_with_a_clear_message(docker_engine: None) -> None:
+    result = docker(
+        "build",
+        "--force-rm",
+        *base_image_args(),
+        "--build-arg",
+        "MODEL_PATH=artifacts/no-such-checkpoint.pt",
+        "--target",
+        "checkpoint",
+        str(REPO_ROOT),
+        check=False,
+        timeout=600,
+    )
+    assert result.returncode != 0
+    output = result.stdout + result.stderr
+    assert "checkpoint 'artifacts/no-such-checkpoint.pt' not found" in output, output[-2000:]
+    assert "make train" in output

@@ -1,0 +1,111 @@
+"""The training loop: it learns, it is reproducible, and the CLI does the whole job."""
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from tests.serving import REPO
+from training import load_model, read_metadata
+from training.train import TrainConfig, evaluate, train
+
+
+def test_a_short_run_on_a_subset_learns(mnist_train, mnist_test):
+    config = TrainConfig(epochs=2, limit=5000, seed=3)
+    result = train(config, mnist_train, mnist_test)
+    first, last = result.history
+    assert last.loss < first.loss
+    assert result.test_accuracy > 0.85  # chance is 0.10
+    assert not result.model.training
+
+
+def test_same_seed_gives_bit_identical_weights(mnist_train, mnist_test):
+    config = TrainConfig(epochs=1, limit=3000, seed=7)
+    a = train(config, mnist_train, mnist_test).model.state_dict()
+    b = train(config, mnist_train, mnist_test).model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    c = train(TrainConfig(epochs=1, limit=3000, seed=8), mnist_train, mnist_test)
+    assert not torch.equal(a["hidden.weight"], c.model.state_dict()["hidden.weight"])
+
+
+def test_evaluate_restores_training_mode(mnist_test):
+    from training.model import MLP
+
+    model = MLP().train()
+    evaluate(model, *mnist_test)
+    assert model.training
+
+
+def test_mse_loss_option_also_learns(mnist_train, mnist_test):
+    result = train(TrainConfig(epochs=1, limit=5000, loss="mse"), mnist_train, mnist_test)
+    assert result.test_accuracy > 0.7
+
+
+def test_full_default_recipe_reaches_97_8_percent(mnist_train, mnist_test, tmp_path):
+    """The seed recipe on real MNIST (about 10 s here once the loop is in memory)."""
+    result = train(TrainConfig(), mnist_train, mnist_test)
+    assert len(result.history) == 10
+    assert result.test_accuracy >= 0.978
+    assert evaluate(result.model, *mnist_test) == result.test_accuracy
+
+
+def test_cli_trains_saves_and_registers(tmp_path, mnist_md5):
+    from tests.conftest import DATA_DIR
+
+    out = tmp_path / "model.pt"
+    env = {"BENTOML_HOME": str(tmp_path / "bentoml"), "BENTOML_DO_NOT_TRACK": "true"}
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "training",
+            "--epochs",
+            "1",
+            "--limit",
+            "3000",
+            "--hidden",
+            "64",
+            "--data-dir",
+            str(DATA_DIR),
+            "--output",
+            str(out),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**__import__("os").environ, **env},
+    )
+    assert result.returncode == 0, result.stderr
+    assert "epoch  1/1  loss" in result.stdout and "test acc" in result.stdout
+    meta = read_metadata(out)
+    assert f"sha256 {meta['sha256']}" in result.stdout
+    assert meta["config"]["hidden"] == 64 and meta["config"]["limit"] == 3000
+    assert load_model(out).hidden.weight.shape == (64, 784)
+    listing = subprocess.run(
+        [
+            str(REPO / ".venv/bin/bentoml") if (REPO / ".venv/bin/bentoml").exists() else "bentoml",
+            "models",
+            "list",
+            "mnist-mlp",
+            "-o",
+            "json",
+        ],
+        capture_output=True,
+        text=True,
+        env={**__import__("os").environ, **env},
+        timeout=60,
+    )
+    assert "mnist-mlp" in listing.stdout
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [(["--epochs", "0"], "--epochs must be at least 1"), (["--lr", "-1"], "--lr must be positive")],
+)
+def test_cli_rejects_bad_flags(args, message):
+    result = subprocess.run(
+        [sys.executable, "-m", "training", *args], cwd=REPO, capture_output=True, text=True
+    )
+    assert result.returncode == 2 and message in result.stderr

@@ -1,0 +1,149 @@
+"""The training loop: the whole dataset lives in memory as tensors, batches are index slices.
+
+This replaces the DataLoader-over-PIL loop (one Python object and one `ToTensor` per image)
+with one `randperm` per epoch and tensor indexing, which is where the ~10x speed-up comes from.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from training.model import MLP
+
+LOSSES = ("cross-entropy", "mse")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Every knob of a run; stored verbatim in the checkpoint."""
+
+    epochs: int = 10
+    batch_size: int = 256
+    lr: float = 1e-3
+    hidden: int = 256
+    seed: int = 0
+    loss: str = "cross-entropy"
+    limit: int | None = None
+    device: str = "cpu"
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class EpochStats:
+    epoch: int
+    loss: float
+    train_accuracy: float
+    test_accuracy: float
+    seconds: float
+
+
+@dataclass
+class TrainResult:
+    model: MLP
+    history: list[EpochStats] = field(default_factory=list)
+
+    @property
+    def test_accuracy(self) -> float:
+        return self.history[-1].test_accuracy
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` picks CUDA when present; asking for CUDA without one is a clear error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda requested but CUDA is not available")
+    return torch.device(name)
+
+
+def loss_function(name: str) -> Callable[[Tensor, Tensor], Tensor]:
+    if name == "cross-entropy":
+        return nn.CrossEntropyLoss()
+    if name == "mse":  # squared error between softmax and one-hot, for comparison runs
+        return lambda logits, y: nn.functional.mse_loss(
+            logits.softmax(dim=1), nn.functional.one_hot(y, logits.shape[1]).float()
+        )
+    raise ValueError(f"unknown loss {name!r}; choose from {', '.join(LOSSES)}")
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, images: Tensor, labels: Tensor, batch_size: int = 10_000) -> float:
+    """Accuracy in [0, 1], in eval mode; the model's previous mode is restored afterwards."""
+    was_training = model.training
+    model.eval()
+    correct = 0
+    for start in range(0, len(images), batch_size):
+        logits = model(images[start : start + batch_size])
+        correct += (logits.argmax(dim=1) == labels[start : start + batch_size]).sum().item()
+    model.train(was_training)
+    return correct / len(images)
+
+
+def train(
+    config: TrainConfig,
+    train_data: tuple[Tensor, Tensor],
+    test_data: tuple[Tensor, Tensor],
+    on_epoch: Callable[[EpochStats], None] = lambda stats: None,
+) -> TrainResult:
+    """Train an MLP with Adam on in-memory tensors; deterministic for a given seed and machine."""
+    device = torch.device(config.device)
+    torch.manual_seed(config.seed)
+    shuffle = torch.Generator().manual_seed(config.seed)
+    x_train, y_train = (t.to(device) for t in train_data)
+    if config.limit is not None:
+        x_train, y_train = x_train[: config.limit], y_train[: config.limit]
+    x_test, y_test = (t.to(device) for t in test_data)
+
+    model = MLP(xdim=x_train.shape[1], hdim=config.hidden, ydim=10).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    criterion = loss_function(config.loss)
+    result = TrainResult(model)
+    n = len(x_train)
+    show_bar = sys.stderr.isatty()
+
+    model.train()
+    for epoch in range(1, config.epochs + 1):
+        started = time.perf_counter()
+        order = torch.randperm(n, generator=shuffle).to(device)
+        total_loss = torch.zeros((), device=device)
+        correct = torch.zeros((), dtype=torch.long, device=device)
+        batches = range(0, n, config.batch_size)
+        bar = tqdm(batches, desc=f"epoch {epoch}", leave=False, disable=not show_bar)
+        for start in bar:
+            index = order[start : start + config.batch_size]
+            x, y = x_train[index], y_train[index]
+            logits = model(x)
+            loss = criterion(logits, y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total_loss += loss.detach() * len(index)
+            correct += (logits.detach().argmax(dim=1) == y).sum()
+        stats = EpochStats(
+            epoch=epoch,
+            loss=total_loss.item() / n,
+            train_accuracy=correct.item() / n,
+            test_accuracy=evaluate(model, x_test, y_test),
+            seconds=time.perf_counter() - started,
+        )
+        result.history.append(stats)
+        on_epoch(stats)
+    model.eval()
+    return result
+
+
+def format_epoch(stats: EpochStats, epochs: int) -> str:
+    return (
+        f"epoch {stats.epoch:>2}/{epochs}  loss {stats.loss:.4f}  "
+        f"train acc {100 * stats.train_accuracy:6.2f}%  "
+        f"test acc {100 * stats.test_accuracy:6.2f}%  {stats.seconds:5.2f}s"
+    )
