@@ -11,6 +11,8 @@ ARG BASE_IMAGE=debian:bookworm-slim
 
 # ---- checkpoint: fail fast, and clearly, when the trained model is missing ----------------------
 FROM ${BASE_IMAGE} AS checkpoint
+# Marks this stage's throwaway images, so that `docker image prune --filter` can find them.
+LABEL mnist-service.stage=checkpoint
 # Path of the checkpoint inside the build context.
 ARG MODEL_PATH=artifacts/model.pt
 # The wildcard lets COPY succeed when the checkpoint is absent (pyproject.toml always matches),
@@ -28,8 +30,8 @@ RUN f="/checkpoint/$(basename "${MODEL_PATH}")"; \
 FROM ${BASE_IMAGE} AS builder
 # Index for torch when docker/wheelhouse/ holds no torch wheel.
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
-ENV DEBIAN_FRONTEND=noninteractive \
-    PIP_NO_CACHE_DIR=1 \
+ARG DEBIAN_FRONTEND=noninteractive
+ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_DEFAULT_TIMEOUT=180
 
@@ -98,8 +100,8 @@ RUN site="$(python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])
 
 # ---- runtime -------------------------------------------------------------------------------------
 FROM ${BASE_IMAGE} AS runtime
-ENV DEBIAN_FRONTEND=noninteractive
-# tini as PID 1 forwards SIGTERM and reaps the workers bentoml starts.
+ARG DEBIAN_FRONTEND=noninteractive
+# Python only (no venv, compilers or headers); tini as PID 1 passes SIGTERM on and reaps children.
 RUN apt-get update \
     && apt-get install -y --no-install-recommends python3 tini \
     && rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin /var/cache/apt/archives/*.deb
@@ -108,18 +110,18 @@ RUN useradd --uid 10001 --user-group --no-create-home --home-dir /app --shell /u
 
 COPY --from=builder /opt/venv /opt/venv
 WORKDIR /app
-COPY service/ /app/service/
-COPY training/ /app/training/
-COPY --from=checkpoint /model.pt /app/model.pt
-RUN mkdir -p /app/bentoml && chown app:app /app/bentoml \
-    && find /app -name __pycache__ -prune -exec rm -rf {} +
-
+RUN mkdir -p /app/bentoml && chown app:app /app/bentoml
 ENV PATH=/opt/venv/bin:$PATH \
     MODEL_PATH=/app/model.pt \
     BENTOML_DO_NOT_TRACK=true \
     BENTOML_HOME=/app/bentoml \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1
+
+# What changes most often comes last: the code, then the model.
+COPY service/ /app/service/
+COPY training/ /app/training/
+COPY --from=checkpoint /model.pt /app/model.pt
 
 USER 10001:10001
 EXPOSE 3000

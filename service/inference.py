@@ -51,7 +51,11 @@ class Classifier:
         }
 
 
+PROBABILITY_DECIMALS = 6  # float32 carries ~7 digits; more would only be noise on the wire
+
+
 def prediction(row: np.ndarray) -> dict[str, Any]:
     """One probability row as the public `{"digit", "confidence", "probabilities"}` object."""
+    probabilities = np.round(row.astype(np.float64), PROBABILITY_DECIMALS).tolist()
     digit = int(row.argmax())
-    return {"digit": digit, "confidence": float(row[digit]), "probabilities": row.tolist()}
+    return {"digit": digit, "confidence": probabilities[digit], "probabilities": probabilities}

@@ -137,7 +137,7 @@ class ImagesUpload(RequestSpec):
 
 
 class ArrayBatch(RequestSpec):
-    model_config = ConfigDict(json_schema_extra={"example": {"images": [[0.0] * 784]}})
+    model_config = ConfigDict(json_schema_extra={"example": {"images": [[[0.0] * 28] * 28]}})
     images: list[list[list[float]] | list[float]] = Field(
         description=(
             "Batch of 28x28 images as nested lists (or flat lists of 784) of floats in [0, 1], "

@@ -197,7 +197,11 @@ class MNISTClassifier:
         digits = probabilities.argmax(axis=1)
         confidences = probabilities[np.arange(len(digits)), digits]
         return json_response(
-            {"count": len(digits), "digits": digits.tolist(), "confidences": confidences.tolist()}
+            {
+                "count": len(digits),
+                "digits": digits.tolist(),
+                "confidences": np.round(confidences.astype(np.float64), 6).tolist(),
+            }
         )
 
     @bentoml.api(input_spec=ImageUpload)

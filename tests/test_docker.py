@@ -85,6 +85,31 @@ def wait_until_ready(name: str, base_url: str) -> None:
     pytest.fail(f"{base_url}/readyz not 200 after {READY_TIMEOUT_S} s:\n{logs.stdout}{logs.stderr}")
 
 
+def remove_image(tag: str) -> None:
+    """Remove the test image and the layers only it has; the shared ones stay as build cache."""
+    history = docker(
+        "history", "--no-trunc", "--format", "{{.ID}}\t{{.CreatedBy}}", tag, check=False
+    ).stdout.splitlines()
+    own_layers = []  # from the top down to the checkpoint's COPY, the last step shared by no build
+    for line in history[1:]:
+        image_id, _, created_by = line.partition("\t")
+        if image_id.startswith("sha256:"):
+            own_layers.append(image_id)
+        if "COPY" in created_by and "/app/model.pt" in created_by:
+            break
+    docker("rmi", "--force", "--no-prune", tag, check=False)
+    for image_id in own_layers:
+        docker("rmi", "--no-prune", image_id, check=False)
+    prune_checkpoint_stage()
+
+
+def prune_checkpoint_stage() -> None:
+    """The legacy builder keeps each stage's images; the checkpoint stage's are never reused."""
+    docker(
+        "image", "prune", "--force", "--filter", "label=mnist-service.stage=checkpoint", check=False
+    )
+
+
 @contextlib.contextmanager
 def running_container(image: str) -> Iterator[tuple[str, str]]:
     """Start the image on a free port of 127.0.0.1; yield (container name, base URL); remove it."""
@@ -135,8 +160,7 @@ def image(docker_engine: None, trained_checkpoint: Path) -> Iterator[str]:
     try:
         yield tag
     finally:
-        # --no-prune keeps the untagged parent layers: the next build reuses them as its cache.
-        docker("rmi", "--force", "--no-prune", tag, check=False)
+        remove_image(tag)
 
 
 @pytest.fixture(scope="module")
@@ -209,18 +233,21 @@ def test_docker_stop_ends_the_server_promptly(image: str) -> None:
 
 
 def test_build_without_checkpoint_fails_with_a_clear_message(docker_engine: None) -> None:
-    result = docker(
-        "build",
-        "--force-rm",
-        *base_image_args(),
-        "--build-arg",
-        "MODEL_PATH=artifacts/no-such-checkpoint.pt",
-        "--target",
-        "checkpoint",
-        str(REPO_ROOT),
-        check=False,
-        timeout=600,
-    )
+    try:
+        result = docker(
+            "build",
+            "--force-rm",
+            *base_image_args(),
+            "--build-arg",
+            "MODEL_PATH=artifacts/no-such-checkpoint.pt",
+            "--target",
+            "checkpoint",
+            str(REPO_ROOT),
+            check=False,
+            timeout=600,
+        )
+    finally:
+        prune_checkpoint_stage()
     assert result.returncode != 0
     output = result.stdout + result.stderr
     assert "checkpoint 'artifacts/no-such-checkpoint.pt' not found" in output, output[-2000:]

@@ -1,0 +1,266 @@
+"""Serving benchmarks against the real `bentoml serve` on 127.0.0.1, driven by Debian's `wrk`.
+
+    .venv/bin/python -m benchmarks.serving [--duration 15] [--json out.json]
+
+Scenarios: /predict_image (single MNIST PNGs) at concurrency 1/8/32/128 with batching on, and
+at 32 with batching off; /predict with JSON batches of 256; /predict_bulk with 10,000-image
+bodies; cold start to /readyz; RSS after start and after 100,000 requests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+from PIL import Image
+
+from tests.serving import BENTOML, REPO, free_port, stop
+from training.data import ensure_mnist, load_split
+
+LUA = Path(__file__).with_name("bodies.lua")
+
+
+def process_tree_rss_mb(pid: int) -> float:
+    """Resident memory of a process and all its descendants, in MB."""
+    pids, frontier = [pid], [pid]
+    while frontier:
+        children = subprocess.run(
+            ["pgrep", "-P", ",".join(map(str, frontier))], capture_output=True, text=True
+        ).stdout.split()
+        frontier = [int(c) for c in children]
+        pids += frontier
+    total_kb = 0
+    for p in pids:
+        with contextlib.suppress(FileNotFoundError):
+            status = Path(f"/proc/{p}/status").read_text()
+            total_kb += int(re.search(r"VmRSS:\s+(\d+)", status).group(1))
+    return total_kb / 1024
+
+
+@contextlib.contextmanager
+def server(
+    model_path: Path, home: Path, **settings: str
+) -> Iterator[tuple[str, subprocess.Popen, float]]:
+    port = free_port()
+    env = {
+        **os.environ,
+        "BENTOML_HOME": str(home),
+        "BENTOML_DO_NOT_TRACK": "true",
+        "MODEL_PATH": str(model_path),
+        **settings,
+    }
+    started = time.perf_counter()
+    process = subprocess.Popen(
+        [BENTOML, "serve", "--host", "127.0.0.1", "--port", str(port)],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError("server exited during start")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                    break
+            time.sleep(0.02)
+        yield url, process, time.perf_counter() - started
+    finally:
+        stop(process)
+
+
+def batch_histogram(url: str) -> dict[str, float]:
+    text = httpx.get(f"{url}/metrics").text
+    counts: dict[str, float] = {}
+    for le, value in re.findall(
+        r'mnist_adaptive_batch_size_bucket\{[^}]*le="([^"]+)"[^}]*\} (\S+)', text
+    ):
+        counts[le] = counts.get(le, 0) + float(value)
+    return counts
+
+
+def histogram_delta(before: dict[str, float], after: dict[str, float]) -> dict[str, int]:
+    """Non-cumulative batch counts per bucket upper bound, for one run."""
+    cumulative = [(le, after.get(le, 0) - before.get(le, 0)) for le in after]
+    result, previous = {}, 0.0
+    for le, count in cumulative:
+        if count - previous:
+            result[le] = int(count - previous)
+        previous = count
+    return result
+
+
+def wrk(
+    url: str, route: str, bodies: Path, content_type: str, connections: int, seconds: float
+) -> dict:
+    count = len(list(bodies.glob("*.bin")))
+    env = {
+        **os.environ,
+        "WRK_BODIES": str(bodies),
+        "WRK_COUNT": str(count),
+        "WRK_CONTENT_TYPE": content_type,
+    }
+    out = subprocess.run(
+        [
+            "wrk",
+            "-t1",
+            f"-c{connections}",
+            f"-d{int(seconds)}s",
+            "--timeout",
+            "10s",
+            "-s",
+            str(LUA),
+            f"{url}{route}",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+    ).stdout
+    result = json.loads(out.strip().splitlines()[-1])
+    result["rps"] = result["requests"] / result["duration_s"]
+    result["errors"] = result["non_2xx"] + result["socket_errors"]
+    return result
+
+
+def write_bodies(directory: Path, bodies: list[bytes]) -> Path:
+    directory.mkdir(parents=True)
+    for i, body in enumerate(bodies):
+        (directory / f"{i}.bin").write_bytes(body)
+    return directory
+
+
+def multipart(field: str, png: bytes, boundary: str = "mnistbenchboundary") -> bytes:
+    return (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{field}"; filename="d.png"\r\n'
+        f"Content-Type: image/png\r\n\r\n".encode()
+        + png
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+
+
+def png(pixels: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels, mode="L").save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", type=Path, default=Path("artifacts/model.pt"))
+    parser.add_argument("--duration", type=float, default=15, help="seconds per wrk run")
+    parser.add_argument("--soak-requests", type=int, default=100_000)
+    parser.add_argument("--workers", default=os.environ.get("MNIST_WORKERS", "1"))
+    parser.add_argument("--json", type=Path, help="write all results here")
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        sys.exit("error: wrk not found; install it (Debian: apt-get install wrk)")
+    if not args.model.is_file():
+        sys.exit(f"error: no model at {args.model}; run `make train` first")
+    ensure_mnist(Path("data"))
+    images, _ = load_split(Path("data"), train=False)
+    pixels = (images * 255).round().byte().numpy().reshape(-1, 28, 28)
+
+    results: dict = {"workers": args.workers, "duration_s": args.duration}
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        image_bodies = write_bodies(tmp / "png", [multipart("image", png(p)) for p in pixels[:200]])
+        json_bodies = write_bodies(
+            tmp / "json",
+            [
+                json.dumps(
+                    {
+                        "images": (pixels[i * 256 : (i + 1) * 256] / 255)
+                        .reshape(256, 784)
+                        .round(4)
+                        .tolist()
+                    }
+                ).encode()
+                for i in range(4)
+            ],
+        )
+        bulk_bodies = write_bodies(tmp / "bulk", [pixels[:10_000].tobytes()])
+        home = tmp / "bentoml"
+        form = "multipart/form-data; boundary=mnistbenchboundary"
+
+        for batching in ("true", "false"):
+            with server(args.model, home, MNIST_BATCHING=batching, MNIST_WORKERS=args.workers) as (
+                url,
+                process,
+                cold,
+            ):
+                results.setdefault("cold_start_s", []).append(cold)
+                levels = (1, 8, 32, 128) if batching == "true" else (32, 128)
+                for c in levels:
+                    wrk(url, "/predict_image", image_bodies, form, c, 2)  # warm-up
+                    before = batch_histogram(url)
+                    run = wrk(url, "/predict_image", image_bodies, form, c, args.duration)
+                    run["batches"] = histogram_delta(before, batch_histogram(url))
+                    results.setdefault("predict_image", []).append(
+                        {"batching": batching, "concurrency": c, **run}
+                    )
+                    print(
+                        f"/predict_image batching={batching} c={c}: {run['rps']:.0f} req/s "
+                        f"p50 {run['p50_ms']:.1f} p99 {run['p99_ms']:.1f} ms errors {run['errors']}",
+                        flush=True,
+                    )
+                if batching == "true":
+                    results["rss_after_start_mb"] = process_tree_rss_mb(process.pid)
+                    run = wrk(url, "/predict", json_bodies, "application/json", 8, args.duration)
+                    run["images_per_s"] = run["rps"] * 256
+                    results["predict_json_256"] = run
+                    print(
+                        f"/predict 256/request: {run['images_per_s']:.0f} images/s errors {run['errors']}",
+                        flush=True,
+                    )
+                    run = wrk(
+                        url,
+                        "/predict_bulk",
+                        bulk_bodies,
+                        "application/octet-stream",
+                        4,
+                        args.duration,
+                    )
+                    run["images_per_s"] = run["rps"] * 10_000
+                    results["predict_bulk_10000"] = run
+                    print(
+                        f"/predict_bulk 10000/request: {run['images_per_s']:.0f} images/s errors {run['errors']}",
+                        flush=True,
+                    )
+
+        with server(args.model, home, MNIST_WORKERS=args.workers) as (url, process, cold):
+            start_rss = process_tree_rss_mb(process.pid)
+            wrk(url, "/predict_image", image_bodies, form, 32, 5)
+            warm_rss = process_tree_rss_mb(process.pid)
+            served = 0
+            while served < args.soak_requests:
+                served += wrk(url, "/predict_image", image_bodies, form, 32, 20)["requests"]
+            results["memory"] = {
+                "rss_after_start_mb": start_rss,
+                "rss_after_warmup_mb": warm_rss,
+                "requests": served,
+                "rss_after_requests_mb": process_tree_rss_mb(process.pid),
+            }
+            print(f"memory: {results['memory']}", flush=True)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
