@@ -14,7 +14,7 @@ import socket
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -85,7 +85,7 @@ def wait_until_ready(name: str, base_url: str) -> None:
     pytest.fail(f"{base_url}/readyz not 200 after {READY_TIMEOUT_S} s:\n{logs.stdout}{logs.stderr}")
 
 
-def remove_image(tag: str) -> None:
+def remove_image(tag: str, model_path: str) -> None:
     """Remove the test image and the layers only it has; the shared ones stay as build cache."""
     history = docker(
         "history", "--no-trunc", "--format", "{{.ID}}\t{{.CreatedBy}}", tag, check=False
@@ -100,14 +100,26 @@ def remove_image(tag: str) -> None:
     docker("rmi", "--force", "--no-prune", tag, check=False)
     for image_id in own_layers:
         docker("rmi", "--no-prune", image_id, check=False)
-    prune_checkpoint_stage()
+    remove_checkpoint_stage(lambda step: model_path in step)
 
 
-def prune_checkpoint_stage() -> None:
-    """The legacy builder keeps each stage's images; the checkpoint stage's are never reused."""
-    docker(
-        "image", "prune", "--force", "--filter", "label=mnist-service.stage=checkpoint", check=False
-    )
+def remove_checkpoint_stage(made_here: Callable[[str], bool]) -> None:
+    """Remove this build's images of the checkpoint stage, which the legacy builder leaves behind.
+
+    Only the leftovers whose last step `made_here` recognizes go: a concurrent build may still need
+    its own. (BuildKit leaves none.)
+    """
+    leftovers = docker(
+        "images", "--quiet", "--no-trunc",
+        "--filter", "dangling=true", "--filter", "label=mnist-service.stage=checkpoint",
+        check=False,
+    ).stdout.split()  # fmt: skip
+    for image_id in leftovers:
+        steps = docker(
+            "history", "--no-trunc", "--format", "{{.CreatedBy}}", image_id, check=False
+        ).stdout.splitlines()
+        if steps and made_here(steps[0]):
+            docker("rmi", image_id, check=False)
 
 
 @contextlib.contextmanager
@@ -137,30 +149,30 @@ def docker_engine() -> None:
 @pytest.fixture(scope="module")
 def image(docker_engine: None, trained_checkpoint: Path) -> Iterator[str]:
     """Build the image from the repository root around the session's trained checkpoint."""
-    tag = f"mnist-service-test:{uuid.uuid4().hex[:12]}"
+    build_id = uuid.uuid4().hex[:12]
+    tag = f"mnist-service-test:{build_id}"
     # The checkpoint must lie inside the build context; artifacts/ is git-ignored.
-    context_dir = REPO_ROOT / "artifacts" / f"docker-test-{uuid.uuid4().hex[:12]}"
-    context_dir.mkdir(parents=True)
+    model_path = f"artifacts/docker-test-{build_id}/model.pt"
     try:
-        shutil.copy2(trained_checkpoint, context_dir / "model.pt")
-        model_path = (context_dir / "model.pt").relative_to(REPO_ROOT).as_posix()
-        docker(
-            "build",
-            "--force-rm",
-            *base_image_args(),
-            "--build-arg",
-            f"MODEL_PATH={model_path}",
-            "-t",
-            tag,
-            str(REPO_ROOT),
-            timeout=BUILD_TIMEOUT_S,
-        )
-    finally:
-        shutil.rmtree(context_dir, ignore_errors=True)
-    try:
+        try:
+            (REPO_ROOT / model_path).parent.mkdir(parents=True)
+            shutil.copy2(trained_checkpoint, REPO_ROOT / model_path)
+            docker(
+                "build",
+                "--force-rm",
+                *base_image_args(),
+                "--build-arg",
+                f"MODEL_PATH={model_path}",
+                "-t",
+                tag,
+                str(REPO_ROOT),
+                timeout=BUILD_TIMEOUT_S,
+            )
+        finally:
+            shutil.rmtree((REPO_ROOT / model_path).parent, ignore_errors=True)
         yield tag
     finally:
-        remove_image(tag)
+        remove_image(tag, model_path)
 
 
 @pytest.fixture(scope="module")
@@ -247,7 +259,9 @@ def test_build_without_checkpoint_fails_with_a_clear_message(docker_engine: None
             timeout=600,
         )
     finally:
-        prune_checkpoint_stage()
+        # A failed build ends the stage at its COPY (of pyproject.toml alone); the RUN step of a
+        # successful one is a concurrent build's.
+        remove_checkpoint_stage(lambda step: "#(nop) COPY" in step and "/checkpoint/" in step)
     assert result.returncode != 0
     output = result.stdout + result.stderr
     assert "checkpoint 'artifacts/no-such-checkpoint.pt' not found" in output, output[-2000:]
