@@ -139,6 +139,14 @@ def wrk(
     return result
 
 
+def summary(run: dict) -> str:
+    images = f" = {run['images_per_s']:.0f} images/s" if "images_per_s" in run else ""
+    return (
+        f"{run['rps']:.0f} req/s{images}, p50 {run['p50_ms']:.1f} ms, "
+        f"p99 {run['p99_ms']:.1f} ms, errors {run['errors']}"
+    )
+
+
 def write_bodies(directory: Path, bodies: list[bytes]) -> Path:
     directory.mkdir(parents=True)
     for i, body in enumerate(bodies):
@@ -215,20 +223,12 @@ def main() -> None:
                     results.setdefault("predict_image", []).append(
                         {"batching": batching, "concurrency": c, **run}
                     )
-                    print(
-                        f"/predict_image batching={batching} c={c}: {run['rps']:.0f} req/s "
-                        f"p50 {run['p50_ms']:.1f} p99 {run['p99_ms']:.1f} ms errors {run['errors']}",
-                        flush=True,
-                    )
+                    print(f"/predict_image batching={batching} c={c}: {summary(run)}", flush=True)
                 if batching == "true":
-                    results["rss_after_start_mb"] = process_tree_rss_mb(process.pid)
                     run = wrk(url, "/predict", json_bodies, "application/json", 8, args.duration)
                     run["images_per_s"] = run["rps"] * 256
                     results["predict_json_256"] = run
-                    print(
-                        f"/predict 256/request: {run['images_per_s']:.0f} images/s errors {run['errors']}",
-                        flush=True,
-                    )
+                    print(f"/predict 256 per request: {summary(run)}", flush=True)
                     run = wrk(
                         url,
                         "/predict_bulk",
@@ -239,10 +239,7 @@ def main() -> None:
                     )
                     run["images_per_s"] = run["rps"] * 10_000
                     results["predict_bulk_10000"] = run
-                    print(
-                        f"/predict_bulk 10000/request: {run['images_per_s']:.0f} images/s errors {run['errors']}",
-                        flush=True,
-                    )
+                    print(f"/predict_bulk 10,000 per request: {summary(run)}", flush=True)
 
         with server(args.model, home, MNIST_WORKERS=args.workers) as (url, process, cold):
             start_rss = process_tree_rss_mb(process.pid)
