@@ -14,18 +14,22 @@ from pathlib import Path
 
 import pytest
 from selenium import webdriver
+from selenium.common.exceptions import TimeoutException
+from selenium.webdriver import ActionChains
 from selenium.webdriver.chrome.options import Options
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.actions import interaction
 from selenium.webdriver.common.actions.action_builder import ActionBuilder
 from selenium.webdriver.common.actions.pointer_input import PointerInput
 from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import WebDriverWait
 
 from tests.serving import REPO
 
-pytestmark = pytest.mark.browser
+# usefixtures run before the test's own arguments, so the check precedes `server`.
+pytestmark = [pytest.mark.browser, pytest.mark.usefixtures("chromium_installed")]
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
@@ -58,15 +62,20 @@ return lit;
 """
 
 
-@pytest.fixture
-def browser(tmp_path) -> Iterator[WebDriver]:
-    """Headless Chromium with a fresh profile; leaves a screenshot in test-artifacts/."""
+@pytest.fixture(scope="session")
+def chromium_installed() -> None:
+    """Skip (fail in CI) without Chromium, before the session trains a model and starts a server."""
     missing = [str(path) for path in (CHROMIUM, CHROMEDRIVER) if not path.exists()]
     if missing:
         reason = f"{' and '.join(missing)} not installed (run scripts/system-deps.sh)"
         if os.environ.get("CI") == "true":
             pytest.fail(reason)
         pytest.skip(reason)
+
+
+@pytest.fixture
+def browser(chromium_installed, tmp_path) -> Iterator[WebDriver]:
+    """Headless Chromium with a fresh profile; leaves a screenshot in test-artifacts/."""
     options = Options()
     options.binary_location = str(CHROMIUM)
     for flag in (*CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'chromium-profile'}"):
@@ -104,12 +113,18 @@ def draw(driver: WebDriver, strokes: list[list[tuple[float, float]]], step_px: i
     actions.perform()
 
 
-def shown_digit(driver: WebDriver, timeout: float = WAIT_S) -> str:
-    """The predicted digit once the newest request is answered (or an error shown)."""
-    WebDriverWait(driver, timeout).until(
-        lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-busy") == "false"
-    )
-    return driver.find_element(By.ID, "digit").text
+def expect_digit(driver: WebDriver, expected: str) -> None:
+    """Wait until the newest request is answered and the page shows `expected`."""
+
+    def settled(d: WebDriver) -> bool:
+        idle = d.find_element(By.TAG_NAME, "body").get_attribute("data-busy") == "false"
+        return idle and d.find_element(By.ID, "digit").text == expected
+
+    try:
+        WebDriverWait(driver, WAIT_S).until(settled)
+    except TimeoutException:
+        shown = driver.find_element(By.ID, "digit").text
+        pytest.fail(f"expected {expected!r}, the page shows {shown!r} ({message(driver)!r})")
 
 
 def upload(driver: WebDriver, path: Path) -> None:
@@ -130,7 +145,7 @@ def test_draw_upload_and_recover_from_errors(browser, server, mnist_test_pngs, t
     assert len(browser.find_elements(By.CSS_SELECTOR, "#bars [role=meter]")) == 10
 
     draw(browser, ONE)
-    assert shown_digit(browser) == "1", message(browser)
+    expect_digit(browser, "1")
     assert browser.execute_script(COUNT_LIT_PIXELS, "model-input") > 20
     top_bar = browser.find_element(By.CSS_SELECTOR, "#bars .bar.top")
     assert top_bar.get_attribute("aria-label") == "Digit 1"
@@ -142,25 +157,28 @@ def test_draw_upload_and_recover_from_errors(browser, server, mnist_test_pngs, t
     assert browser.execute_script(COUNT_LIT_PIXELS, "model-input") == 0
 
     draw(browser, SEVEN)
-    assert shown_digit(browser) == "7", message(browser)
+    expect_digit(browser, "7")
+    ActionChains(browser).send_keys(Keys.ESCAPE).perform()  # the keyboard way to clear
+    assert browser.find_element(By.ID, "digit").text == NO_DIGIT
+    assert browser.execute_script(COUNT_LIT_PIXELS, "pad") == 0
 
     k, (png, expected) = next((k, t) for k, t in enumerate(mnist_test_pngs) if t[1] not in (1, 7))
     mnist_png = tmp_path / f"mnist-test-{k}.png"
     mnist_png.write_bytes(png)
     upload(browser, mnist_png)
-    assert shown_digit(browser) == str(expected), message(browser)
+    expect_digit(browser, str(expected))
     assert browser.find_element(By.ID, "upload-preview").is_displayed()
     assert browser.find_element(By.ID, "upload-name").text == mnist_png.name
 
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"definitely not a PNG " + os.urandom(256))
     upload(browser, broken)
-    assert shown_digit(browser) == NO_DIGIT
+    expect_digit(browser, NO_DIGIT)
     assert message(browser).startswith("The server could not read this image: ")
     assert "supported image" in message(browser)
 
     draw(browser, ONE)  # the page keeps working after an error, and the error goes away
-    assert shown_digit(browser) == "1", message(browser)
+    expect_digit(browser, "1")
     assert message(browser) == ""
 
     errors = [

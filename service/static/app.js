@@ -71,13 +71,15 @@ function showError(error) {
 
 // ---- Predictions -----------------------------------------------------------------------
 
-async function classify(blob) {
+// `image` is a Blob/File or a promise of one; the request counts as started right away.
+async function classify(image) {
   const seq = ++requestSeq;
   inFlight?.abort();
   const controller = new AbortController();
   inFlight = controller;
   document.body.dataset.busy = "true";
   try {
+    const blob = await image;
     const [result, preprocessed] = await Promise.all([
       post("/predict_image", { body: imageForm(blob), signal: controller.signal }),
       post("/preprocess_image", { body: imageForm(blob), signal: controller.signal }),
@@ -110,8 +112,7 @@ function buildBars() {
 
 function showPrediction({ digit, confidence, probabilities }) {
   $("digit").textContent = String(digit);
-  const sure = confidence >= 0.9995 ? ">99.9%" : formatPercent(confidence);
-  $("confidence").textContent = `${sure} confident`;
+  $("confidence").textContent = `${formatPercent(confidence)} confident`;
   probabilities.forEach((p, i) => setBar(bars[i], p, i === digit));
 }
 
@@ -126,7 +127,8 @@ function setBar(row, probability, top) {
 
 function formatPercent(probability) {
   const percent = probability * 100;
-  return `${percent >= 99.95 || percent < 0.05 ? percent.toFixed(0) : percent.toFixed(1)}%`;
+  if (percent >= 99.95) return ">99.9%"; // never claim certainty
+  return `${percent < 0.05 ? "0" : percent.toFixed(1)}%`;
 }
 
 function showModelInput(rows) {
@@ -184,9 +186,7 @@ function padPoint(event) {
 
 function classifyPad() {
   clearTimeout(debounceTimer);
-  if (!hasInk) return;
-  document.body.dataset.busy = "true"; // busy from the stroke's end, not only once encoded
-  pad.toBlob((blob) => blob && classify(blob), "image/png");
+  if (hasInk) classify(new Promise((resolve) => pad.toBlob(resolve, "image/png")));
 }
 
 pad.addEventListener("pointerdown", (event) => {
