@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 export BENTOML_DO_NOT_TRACK := true
 
-.PHONY: setup model train serve test lint bench system-deps docker-engine
+.PHONY: setup model train retrain serve test lint bench system-deps docker-engine docker
 
 setup: $(STAMP)
 
@@ -20,6 +20,9 @@ model: setup  ## train and register a model unless the store already has one
 
 train: setup
 	$(BIN)/python -m training $(ARGS)
+
+retrain: setup  ## retrain, gate, promote, ship: make retrain ARGS="--dry-run"
+	scripts/build $(ARGS)
 
 serve: model
 	$(BIN)/bentoml serve --port 3000
@@ -39,3 +42,6 @@ docker-engine:  ## a Docker engine and local base image without a registry (Debi
 
 bench: model
 	$(BIN)/python -m benchmarks.run_all
+
+docker:  ## the serving image from artifacts/model.pt (add DOCKER_BUILD_ARGS for a local base)
+	docker build $(DOCKER_BUILD_ARGS) -t mnist-service .

@@ -73,7 +73,7 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._expand_help(action).replace(str(REPO), "<repo>")
 
 
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="scripts/build",
         description=(
@@ -179,6 +179,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="also run `bentoml build` for a bento of the promoted model (needs uv, see docs)",
     )
+    return p
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The options, with --quick/--dry-run defaults applied and every value checked."""
+    p = build_parser()
     args = p.parse_args(argv)
 
     if args.dry_run:
@@ -499,12 +505,17 @@ def in_build_context(checkpoint: Path, version: str) -> Iterator[str]:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def stream(command: Sequence[str], log_path: Path, progress: Progress) -> int:
-    """Run a command, its output into `log_path`; Dockerfile steps shown as progress."""
+def stream(command: Sequence[str], log_path: Path, progress: Progress, cwd: Path = REPO) -> int:
+    """Run a command in `cwd`, its output into `log_path`; Dockerfile steps shown as progress."""
     with (
         open(log_path, "w") as log,
         subprocess.Popen(
-            command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace"
+            command,
+            cwd=cwd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            errors="replace",
         ) as process,
     ):
         assert process.stdout is not None
@@ -599,269 +610,315 @@ def loud(progress: Progress, lines: Sequence[str]) -> None:
     progress.log("\n".join([bar, *lines, bar]), error=True)
 
 
-def run(
-    args: argparse.Namespace,
-    argv: Sequence[str],
-    progress: Progress,
-    work: Path,
-    promoted: list[str],
-) -> int:
-    """Every step in order; returns the exit status. Any gate decision gets a report."""
-    started_at = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-    started = time.perf_counter()
-    folder = ReportFolder(args.reports_dir)
-    try:
-        return _run(args, argv, progress, work, folder, promoted, started_at, started)
-    finally:
-        folder.discard()
+class Build:
+    """One run of the pipeline: each method is one step; the attributes are what it found."""
 
+    def __init__(
+        self,
+        args: argparse.Namespace,
+        argv: Sequence[str],
+        progress: Progress,
+        work: Path,
+        folder: ReportFolder,
+    ) -> None:
+        self.args, self.argv, self.progress, self.folder = args, list(argv), progress, folder
+        self.candidate = work / "candidate.pt"
+        self.started_at = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+        self.started = time.perf_counter()
+        self.tag: str | None = None  # set once the store holds the promoted model
+        self.version: str | None = None
+        self.labels: dict[str, str] = {}
+        self.artifacts: dict[str, Any] = {"checkpoint": None, "sha256": None}
+        self.image: dict[str, Any] = {"built": False, "tags": [], "note": ""}
+        self.bento: dict[str, Any] | None = None
+        self.status = "running"
+        self.exit_code = EXIT_OK
 
-def _run(
-    args: argparse.Namespace,
-    argv: Sequence[str],
-    progress: Progress,
-    work: Path,
-    folder: ReportFolder,
-    promoted: list[str],
-    started_at: str,
-    started: float,
-) -> int:
-    with progress.step("fetch data") as step:
-        data_md5 = ensure_mnist(args.data_dir, log=progress.log)
-        train_data = load_split(args.data_dir, train=True)
-        test_data = load_split(args.data_dir, train=False)
-        step["note"] = f"{len(train_data[1]):,} train + {len(test_data[1]):,} test images, MD5 ok"
-
-    with progress.step("train") as step:
-        config = TrainConfig(
-            epochs=args.epochs,
-            batch_size=args.batch_size,
-            lr=args.lr,
-            hidden=args.hidden,
-            seed=args.seed,
-            loss=args.loss,
-            limit=args.limit,
-            device=str(resolve_device(args.device)),
-        )
-        progress.log(f"    {config}")
-        result = train(
-            config,
-            train_data,
-            test_data,
-            on_epoch=lambda stats: progress.log(f"    {format_epoch(stats, config.epochs)}"),
-        )
-        # Only deterministic content goes into the checkpoint (no wall-clock seconds), so the
-        # same options, seed, code and SOURCE_DATE_EPOCH give a byte-identical file.
-        metrics = {
-            "test_accuracy": result.test_accuracy,
-            "history": [
-                {k: v for k, v in vars(s).items() if k != "seconds"} for s in result.history
-            ],
-        }
-        candidate = work / "candidate.pt"
-        save_checkpoint(
-            candidate,
-            result.model,
-            config=config.as_dict(),
-            metrics=metrics,
-            data_md5=data_md5,
-            created_at=created_at_now(),
-            commit=git_commit(REPO),
-        )
-        meta = read_metadata(candidate)
-        step["note"] = f"weights sha256 {meta['weights_sha256'][:16]}"
-
-    with progress.step("evaluate") as step:
-        x_test, y_test = test_data
-        evaluation = evaluate_candidate(load_model(candidate), x_test, y_test)
-        if evaluation.correct != round(result.test_accuracy * evaluation.total):
-            raise BuildError(
-                f"the saved checkpoint scores {evaluation.accuracy:.4f}, training measured "
-                f"{result.test_accuracy:.4f}: the checkpoint does not hold the trained model"
-            )
-        step["note"] = (
-            f"test accuracy {100 * evaluation.accuracy:.2f} % "
-            f"({evaluation.correct:,}/{evaluation.total:,})"
-        )
-
-    with progress.step("gate") as step:
-        baseline = current_baseline()
-        decision = gate(
-            evaluation.accuracy,
-            baseline,
-            min_accuracy=args.min_accuracy,
-            tolerance=args.tolerance,
-            force=args.force,
-        )
-        step["note"] = decision.summary()
-
-    tag = version = None
-    labels: dict[str, str] = {}
-    artifacts: dict[str, Any] = {"checkpoint": None, "sha256": None}
-    image: dict[str, Any] = {"built": False, "tags": [], "note": ""}
-    bento: dict[str, Any] | None = None
-    exit_code = EXIT_OK
-    if args.dry_run:
-        status = "dry-run"
-        verdict = "accept" if decision.passed else "REFUSE"
-        progress.log(f"dry run: the gate would {verdict} this candidate: {decision.summary()}")
-        for name in ("register", "ship"):
-            progress.skip(name, "--dry-run promotes nothing")
-        image["note"] = "skipped: --dry-run"
-    elif not decision.promote:
-        status, exit_code = "refused", EXIT_REFUSED
-        for name in ("register", "ship"):
-            progress.skip(name, "the gate refused the candidate")
-        image["note"] = "skipped: the gate refused the candidate"
-    else:
-        status = "promoted"
-        if decision.forced:
-            loud(
-                progress,
-                [
-                    "WARNING: --force: promoting a candidate that the gate REFUSED:",
-                    *[f"  - {reason}" for reason in decision.reasons],
-                ],
-            )
-        with progress.step("register") as step:
-            tag, labels = promote(candidate, decision, args.output)
-            promoted.append(tag)
-            version = tag.split(":", 1)[1]
-            artifacts = {"checkpoint": args.output, "sha256": file_sha256(args.output)}
-            step["note"] = f"{tag} is stage=production; copied to {args.output}"
-        if args.no_docker:
-            progress.skip("ship", "--no-docker")
-            image["note"] = "skipped: --no-docker"
-        elif problem := docker_problem():
-            progress.skip("ship", f"no Docker engine: {problem}")
-            image["note"] = f"skipped: no Docker engine ({problem})"
+    def run(self) -> int:
+        """Every step in order; returns the exit status. Every gate decision gets a report."""
+        self.fetch_data()
+        self.train_model()
+        self.evaluate_model()
+        self.apply_gate()
+        if self.args.dry_run:
+            self.promote_nothing("dry-run", EXIT_OK, "--dry-run promotes nothing")
+            self.progress.log(f"dry run, so nothing is promoted; gate {self.decision.summary()}")
+        elif not self.decision.promote:
+            self.promote_nothing("refused", EXIT_REFUSED, "the gate refused the candidate")
         else:
-            with progress.step("ship") as step:
+            self.register()
+            self.ship()
+        published = self.report()
+        self.tell(published)
+        return self.exit_code
+
+    def fetch_data(self) -> None:
+        with self.progress.step("fetch data") as step:
+            self.data_md5 = ensure_mnist(self.args.data_dir, log=self.progress.log)
+            self.train_data = load_split(self.args.data_dir, train=True)
+            self.test_data = load_split(self.args.data_dir, train=False)
+            n_train, n_test = len(self.train_data[1]), len(self.test_data[1])
+            step["note"] = f"{n_train:,} train + {n_test:,} test images, MD5 verified"
+
+    def train_model(self) -> None:
+        args = self.args
+        with self.progress.step("train") as step:
+            self.config = config = TrainConfig(
+                epochs=args.epochs,
+                batch_size=args.batch_size,
+                lr=args.lr,
+                hidden=args.hidden,
+                seed=args.seed,
+                loss=args.loss,
+                limit=args.limit,
+                device=str(resolve_device(args.device)),
+            )
+            self.progress.log(f"    {config}")
+            self.result = train(
+                config,
+                self.train_data,
+                self.test_data,
+                on_epoch=lambda stats: self.progress.log(
+                    f"    {format_epoch(stats, config.epochs)}"
+                ),
+            )
+            # Only deterministic content goes into the checkpoint (no wall-clock seconds), so the
+            # same options, seed, code and SOURCE_DATE_EPOCH give a byte-identical file.
+            history = [vars(s) for s in self.result.history]
+            metrics = {
+                "test_accuracy": self.result.test_accuracy,
+                "history": [{k: v for k, v in h.items() if k != "seconds"} for h in history],
+            }
+            save_checkpoint(
+                self.candidate,
+                self.result.model,
+                config=config.as_dict(),
+                metrics=metrics,
+                data_md5=self.data_md5,
+                created_at=created_at_now(),
+                commit=git_commit(REPO),
+            )
+            self.meta = read_metadata(self.candidate)
+            step["note"] = f"weights sha256 {self.meta['weights_sha256'][:16]}..."
+
+    def evaluate_model(self) -> None:
+        """Score the saved file, not the in-memory model: what is gated is what ships."""
+        with self.progress.step("evaluate") as step:
+            x_test, y_test = self.test_data
+            self.evaluation = e = evaluate_candidate(load_model(self.candidate), x_test, y_test)
+            if e.correct != round(self.result.test_accuracy * e.total):
+                raise BuildError(
+                    f"the saved checkpoint scores {e.accuracy:.4f} but training measured "
+                    f"{self.result.test_accuracy:.4f}: the file does not hold the trained model"
+                )
+            step["note"] = f"test accuracy {100 * e.accuracy:.2f} % ({e.correct:,}/{e.total:,})"
+
+    def apply_gate(self) -> None:
+        with self.progress.step("gate") as step:
+            try:
+                baseline = current_baseline()
+            except BuildError as exc:
+                if not self.args.force:
+                    raise BuildError(f"{exc}; --force promotes without that comparison") from None
+                loud(self.progress, [f"WARNING: --force: gating on the floor only: {exc}"])
+                baseline = None
+            self.decision = gate(
+                self.evaluation.accuracy,
+                baseline,
+                min_accuracy=self.args.min_accuracy,
+                tolerance=self.args.tolerance,
+                force=self.args.force,
+            )
+            step["note"] = self.decision.summary()
+
+    def promote_nothing(self, status: str, exit_code: int, reason: str) -> None:
+        self.status, self.exit_code = status, exit_code
+        for name in ("register", "ship"):
+            self.progress.skip(name, reason)
+        self.image["note"] = f"skipped: {reason}"
+
+    def register(self) -> None:
+        self.status = "promoted"
+        if self.decision.forced:
+            reasons = [f"  - {reason}" for reason in self.decision.reasons]
+            loud(
+                self.progress,
+                ["WARNING: --force: promoting a candidate the gate REFUSED:", *reasons],
+            )
+        with self.progress.step("register") as step:
+            self.tag, self.labels = promote(self.candidate, self.decision, self.args.output)
+            self.version = self.tag.split(":", 1)[1]
+            output = self.args.output
+            self.artifacts = {"checkpoint": output, "sha256": file_sha256(output)}
+            step["note"] = f"{self.tag} is now stage=production; copied to {output}"
+
+    def ship(self) -> None:
+        """The Docker image (unless --no-docker or no engine), and the bento if asked for."""
+        assert self.tag is not None
+        skip = "--no-docker" if self.args.no_docker else None
+        if skip is None and (problem := docker_problem()):
+            skip = f"no Docker engine: {problem}"
+        if skip:
+            self.image["note"] = f"skipped: {skip}"
+            if not self.args.bentoml_build:
+                self.progress.skip("ship", skip)
+                return
+            self.progress.log(f"    Docker image skipped: {skip}")
+        with self.progress.step("ship") as step:
+            notes = []
+            if not skip:
                 try:
-                    image = build_image(
-                        args.output, tag, args, folder.path("docker-build.log"), progress
+                    log = self.folder.path("docker-build.log")
+                    self.image = build_image(
+                        self.args.output, self.tag, self.args, log, self.progress
                     )
                 except (OSError, subprocess.SubprocessError) as exc:
-                    image = {"built": False, "tags": [], "note": f"{type(exc).__name__}: {exc}"}
-                if image["built"]:
-                    step["note"] = f"built {', '.join(image['tags'])}"
-                else:
-                    step["status"], exit_code = "failed", EXIT_AFTER_PROMOTION
-                    step["note"] = image["note"]
-                if args.bentoml_build:
-                    bento = build_bento(tag, folder.path("bentoml-build.log"), progress)
-                    if not bento["built"]:
-                        step["status"], exit_code = "failed", EXIT_AFTER_PROMOTION
+                    self.image = {
+                        "built": False,
+                        "tags": [],
+                        "note": f"{type(exc).__name__}: {exc}",
+                    }
+                built = self.image["built"]
+                notes.append(
+                    f"built {', '.join(self.image['tags'])}" if built else self.image["note"]
+                )
+            if self.args.bentoml_build:
+                self.bento = build_bento(
+                    self.tag, self.folder.path("bentoml-build.log"), self.progress
+                )
+                notes.append(
+                    f"bento {self.bento['tag']}" if self.bento["built"] else self.bento["note"]
+                )
+            image_failed = not skip and not self.image["built"]
+            if image_failed or (self.bento is not None and not self.bento["built"]):
+                step["status"], self.exit_code = "failed", EXIT_AFTER_PROMOTION
+            step["note"] = "; ".join(notes)
 
-    with progress.step("report") as step:
-        plots = folder.write_plots(
-            [vars(s) for s in result.history], evaluation.confusion, evaluation.misclassified
-        )
-        if status != "promoted":  # keep the unpromoted candidate for inspection
-            shutil.copyfile(candidate, folder.path("candidate.pt"))
-        name = version if status == "promoted" else f"{status}-{utc_stamp()}"
-        step["note"] = f"{args.reports_dir / name}"
-
-    meta = read_metadata(candidate)
-    report = {
-        "schema_version": 1,
-        "status": status,
-        "exit_code": exit_code,
-        "model": {
-            "tag": tag,
-            "version": version,
-            "test_accuracy": evaluation.accuracy,
-            "test_correct": evaluation.correct,
-            "test_total": evaluation.total,
-            "per_class_accuracy": evaluation.per_class_accuracy,
-            "weights_sha256": meta["weights_sha256"],
-            "file_sha256": meta["sha256"],
-            "created_at": meta["created_at"],
-            "git_commit": meta["git_commit"],
-            "torch_version": meta["torch_version"],
-            "architecture": meta["architecture"],
-        },
-        "gate": decision.as_dict(),
-        "history": [vars(s) for s in result.history],
-        "hyperparameters": config.as_dict(),
-        "data_md5": data_md5,
-        "store": {
-            "bentoml_home": os.environ.get("BENTOML_HOME", "~/bentoml"),
-            "tag": tag,
-            "labels": labels,
-        },
-        "artifacts": artifacts,
-        "image": image,
-        "bento": bento,
-        "plots": plots,
-        "misclassified": [
-            {"index": m.index, "true": m.true, "predicted": m.predicted, "confidence": m.confidence}
-            for m in evaluation.misclassified
-        ],
-        "steps": progress.records,
-        "timings": progress.timings(),
-        "total_seconds": round(time.perf_counter() - started, 3),
-        "started_at": started_at,
-        "command": ["scripts/build", *argv],
-        "torch_threads": torch.get_num_threads(),
-    }
-    published = folder.publish(name, report)
-    progress.close()
-
-    if status == "refused":
-        hint = ""
-        if args.quick:
-            hint = (
-                f"\n  --quick trains {args.epochs} epoch(s) on {args.limit:,} images, which lands "
-                f"far below the {MIN_ACCURACY} % floor by design: try `scripts/build --dry-run`, "
-                "or lower --min-accuracy with a scratch BENTOML_HOME and --output."
+    def report(self) -> Path:
+        """Plots and files into the report folder; report.json last, with every step's time."""
+        e = self.evaluation
+        with self.progress.step("report") as step:
+            plots = self.folder.write_plots(
+                [vars(s) for s in self.result.history], e.confusion, e.misclassified
             )
-        progress.log(
-            "error: the gate refused the candidate; nothing was promoted:\n  - "
-            + "\n  - ".join(decision.reasons)
-            + f"\n  The served model is unchanged. Use --force to promote it anyway.{hint}"
-            + f"\n  Report: {published / 'report.md'}",
-            error=True,
-        )
-    elif status == "dry-run":
-        progress.log(f"dry run finished; nothing was promoted. Report: {published / 'report.md'}")
-    else:
-        shipped = ", ".join(image["tags"]) or image.get("note", "")
-        progress.log(
-            f"promoted {tag}: test accuracy {100 * evaluation.accuracy:.2f} %, weights sha256 "
-            f"{meta['weights_sha256']}\n  checkpoint: {args.output} (sha256 {artifacts['sha256']})"
-            f"\n  image: {shipped}\n  report: {published / 'report.md'}"
-        )
-        if decision.forced:
-            loud(progress, [f"WARNING: {tag} was promoted with --force despite the gate."])
-    return exit_code
+            if self.status != "promoted":  # the store does not keep it: keep it for inspection
+                shutil.copyfile(self.candidate, self.folder.path("candidate.pt"))
+            name = self.version if self.version else f"{self.status}-{utc_stamp()}"
+            step["note"] = str(self.args.reports_dir / name)
+        meta = self.meta
+        report = {
+            "schema_version": 1,
+            "status": self.status,
+            "exit_code": self.exit_code,
+            "model": {
+                "tag": self.tag,
+                "version": self.version,
+                "test_accuracy": e.accuracy,
+                "test_correct": e.correct,
+                "test_total": e.total,
+                "per_class_accuracy": e.per_class_accuracy,
+                "weights_sha256": meta["weights_sha256"],
+                "file_sha256": meta["sha256"],
+                "created_at": meta["created_at"],
+                "git_commit": meta["git_commit"],
+                "torch_version": meta["torch_version"],
+                "architecture": meta["architecture"],
+            },
+            "gate": self.decision.as_dict(),
+            "history": [vars(s) for s in self.result.history],
+            "hyperparameters": self.config.as_dict(),
+            "data_md5": self.data_md5,
+            "store": {
+                "bentoml_home": os.environ.get("BENTOML_HOME", "~/bentoml"),
+                "tag": self.tag,
+                "labels": self.labels,
+            },
+            "artifacts": self.artifacts,
+            "image": self.image,
+            "bento": self.bento,
+            "plots": plots,
+            "misclassified": [
+                {
+                    "index": m.index,
+                    "true": m.true,
+                    "predicted": m.predicted,
+                    "confidence": m.confidence,
+                }
+                for m in e.misclassified
+            ],
+            "steps": self.progress.records,
+            "timings": self.progress.timings(),
+            "total_seconds": round(time.perf_counter() - self.started, 3),
+            "started_at": self.started_at,
+            "command": ["scripts/build", *self.argv],
+            "torch_threads": torch.get_num_threads(),
+        }
+        return self.folder.publish(name, report)
+
+    def tell(self, published: Path) -> None:
+        """The outcome in a few lines: what changed, where to look."""
+        self.progress.close()
+        log, report_md = self.progress.log, published / "report.md"
+        if self.status == "refused":
+            hint = ""
+            if self.args.quick:
+                args = self.args
+                hint = (
+                    f"\n  --quick trains {args.epochs} epoch(s) on {args.limit:,} images: far "
+                    f"below the {MIN_ACCURACY} % floor by design. Try `scripts/build --dry-run`, "
+                    "or lower --min-accuracy with a scratch BENTOML_HOME and --output."
+                )
+            log(
+                "error: the gate refused the candidate; nothing was promoted:\n  - "
+                + "\n  - ".join(self.decision.reasons)
+                + "\n  The store, the served model and --output are unchanged; "
+                + f"--force promotes it anyway.{hint}\n  Report: {report_md}",
+                error=True,
+            )
+        elif self.status == "dry-run":
+            log(f"dry run finished; nothing was promoted. Report: {report_md}")
+        else:
+            shipped = ", ".join(self.image["tags"]) or self.image.get("note", "")
+            log(
+                f"promoted {self.tag}: test accuracy {100 * self.evaluation.accuracy:.2f} %, "
+                f"weights sha256 {self.meta['weights_sha256']}\n"
+                f"  checkpoint: {self.args.output} (sha256 {self.artifacts['sha256']})\n"
+                f"  image: {shipped}\n  report: {report_md}"
+            )
+            if self.decision.forced:
+                loud(self.progress, [f"WARNING: {self.tag} was promoted with --force."])
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
     progress = Progress(STEPS)
-    promoted: list[str] = []  # the register step appends the tag once the store holds it
+    build: Build | None = None
     try:
         with tempfile.TemporaryDirectory(prefix="mnist-build-") as work:
-            return run(args, argv, progress, Path(work), promoted)
+            folder = ReportFolder(args.reports_dir)
+            try:
+                build = Build(args, argv, progress, Path(work), folder)
+                return build.run()
+            finally:
+                folder.discard()
     except KeyboardInterrupt:
         progress.close()
-        state = f"{promoted[0]} was already promoted" if promoted else "nothing was promoted"
-        progress.log(f"interrupted; {state}", error=True)
+        done = (
+            f"{build.tag} was already promoted" if build and build.tag else "nothing was promoted"
+        )
+        progress.log(f"interrupted; {done}", error=True)
         return 130
     except Exception as exc:
         progress.close()
         expected = isinstance(exc, BuildError | DataError | CheckpointError | ValueError)
-        if not expected:  # a bug, not a condition: show where it happened
+        if not expected:  # a bug rather than a condition: show where it happened
             traceback.print_exc()
         message = str(exc) if expected else f"{type(exc).__name__}: {exc}"
-        if promoted:
-            progress.log(f"error after promoting {promoted[0]}: {message}", error=True)
+        if build and build.tag:
+            progress.log(f"error after promoting {build.tag}: {message}", error=True)
             return EXIT_AFTER_PROMOTION
-        progress.log(
-            f"error: {message}\nnothing was promoted; the served model is unchanged", error=True
-        )
+        progress.log(f"error: {message}\nnothing was promoted; the store is unchanged", error=True)
         return EXIT_ERROR
 
 
