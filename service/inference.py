@@ -40,6 +40,7 @@ class Classifier:
             "tag": self.source.tag,
             "source": "bentoml-store" if self.source.tag else "file",
             "sha256": meta["sha256"],
+            "weights_sha256": meta["weights_sha256"],
             "architecture": meta["architecture"],
             "config": meta.get("config", {}),
             "test_accuracy": metrics.get("test_accuracy"),

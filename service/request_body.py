@@ -10,9 +10,10 @@ import logging
 from typing import Any
 
 import numpy as np
-from starlette.datastructures import UploadFile
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
+
+from service.multipart import MultipartError, parse_multipart
 
 logger = logging.getLogger("service.requests")
 
@@ -60,33 +61,34 @@ async def read_body(request: Request, limit: int) -> bytes:
         if int(declared) > limit:
             raise ClientError(413, f"request body is {declared} bytes; the limit is {limit}")
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise ClientError(413, f"request body exceeds the limit of {limit} bytes")
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise ClientError(413, f"request body exceeds the limit of {limit} bytes")
+            chunks.append(chunk)
+    except ClientDisconnect:  # nobody reads the answer; 499 keeps it out of the 5xx metrics
+        raise ClientError(499, "client disconnected before sending the whole body") from None
     body = b"".join(chunks)
-    request._body = body  # Starlette's own cache: `request.form()` parses from it
     return body
 
 
 async def read_files(request: Request, field: str, limit: int, max_files: int) -> list[bytes]:
     """Contents of the multipart file fields named `field`, in order."""
     require_media_type(request, "multipart/form-data")
-    await read_body(request, limit)
+    body = await read_body(request, limit)
     try:
-        form = await request.form(max_files=max_files, max_fields=max_files)
-    except Exception as exc:  # Starlette raises several types for malformed multipart
-        raise ClientError(400, f"malformed multipart body: {exc}") from None
-    try:
-        values = form.getlist(field)
-        if not values:
-            raise ClientError(400, f"missing multipart file field '{field}'")
-        if not all(isinstance(value, UploadFile) for value in values):
-            raise ClientError(400, f"multipart field '{field}' must be a file, not text")
-        return [await value.read() for value in values]
-    finally:
-        await form.close()
+        parts = parse_multipart(body, request.headers["content-type"], max_parts=max_files + 8)
+    except MultipartError as exc:
+        raise ClientError(400, str(exc)) from None
+    named = [part for part in parts if part.name == field]
+    if not named:
+        raise ClientError(400, f"missing multipart file field '{field}'")
+    if any(part.filename is None for part in named):
+        raise ClientError(400, f"multipart field '{field}' must be a file, not text")
+    if len(named) > max_files:
+        raise ClientError(413, f"{len(named)} files in one request; the limit is {max_files}")
+    return [part.content for part in named]
 
 
 def parse_image_array(payload: object, max_images: int) -> np.ndarray:
@@ -106,6 +108,8 @@ def parse_image_array(payload: object, max_images: int) -> np.ndarray:
         raise ClientError(
             422, "each image must be 28 lists of 28 numbers or one list of 784 numbers"
         ) from None
+    except OverflowError:  # a JSON integer beyond float range, e.g. 1 followed by 400 zeros
+        raise ClientError(422, "image values must lie in [0, 1]") from None
     if array.shape[1:] == (28, 28):
         array = array.reshape(len(array), 784)
     if array.ndim != 2 or array.shape[1] != 784:

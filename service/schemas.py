@@ -72,6 +72,7 @@ class ModelInfo(BaseModel):
                 "tag": "mnist-mlp:nbtqajxkus7joax4",
                 "source": "bentoml-store",
                 "sha256": "df5262ab913c9286b0a6d0854c342bdfd9c5fdeb39c7e167225a1a4586ac5487",
+                "weights_sha256": "ce1a3ff01e2744ba" + "0" * 48,
                 "architecture": {"xdim": 784, "hdim": 256, "ydim": 10},
                 "config": {"epochs": 10, "batch_size": 256, "lr": 0.001, "hidden": 256},
                 "test_accuracy": 0.9793,
@@ -83,6 +84,9 @@ class ModelInfo(BaseModel):
     tag: str | None = Field(description="BentoML store tag, or null when served from a file.")
     source: str = Field(description="`bentoml-store` or `file`.")
     sha256: str = Field(description="sha256 of the checkpoint file.")
+    weights_sha256: str = Field(
+        description="sha256 of the weights alone: the model's identity across rebuilds."
+    )
     architecture: dict[str, int] = Field(description="Layer sizes of the MLP.")
     config: dict[str, Any] = Field(description="The training configuration.")
     test_accuracy: float | None = Field(description="Accuracy on the MNIST test set, 0-1.")

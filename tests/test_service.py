@@ -120,6 +120,7 @@ def test_model_info_describes_the_served_checkpoint(server, trained_checkpoint):
     meta = read_metadata(trained_checkpoint)
     info = httpx.post(f"{server.url}/model_info", timeout=10).json()
     assert info["sha256"] == meta["sha256"]
+    assert info["weights_sha256"] == meta["weights_sha256"]
     assert info["architecture"] == {"xdim": 784, "hdim": 256, "ydim": 10}
     assert info["test_accuracy"] == pytest.approx(meta["metrics"]["test_accuracy"])
     assert info["config"]["epochs"] == 3

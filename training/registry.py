@@ -23,6 +23,7 @@ def store_metadata(metadata: dict[str, Any]) -> tuple[dict[str, str], dict[str, 
     }
     flat = {
         "sha256": metadata["sha256"],
+        "weights_sha256": metadata.get("weights_sha256"),
         "test_accuracy": accuracy,
         "created_at": metadata.get("created_at"),
         "git_commit": metadata.get("git_commit") or "",
