@@ -27,7 +27,7 @@ import httpx
 import numpy as np
 from PIL import Image
 
-from tests.serving import BENTOML, REPO, free_port, stop
+from tests.serving import running_server, server_env
 from training.data import ensure_mnist, load_split
 
 LUA = Path(__file__).with_name("bodies.lua")
@@ -51,38 +51,12 @@ def process_tree_rss_mb(pid: int) -> float:
 
 
 @contextlib.contextmanager
-def server(
-    model_path: Path, home: Path, **settings: str
-) -> Iterator[tuple[str, subprocess.Popen, float]]:
-    port = free_port()
-    env = {
-        **os.environ,
-        "BENTOML_HOME": str(home),
-        "BENTOML_DO_NOT_TRACK": "true",
-        "MODEL_PATH": str(model_path),
-        **settings,
-    }
+def server(model_path: Path, home: Path, **settings: str) -> Iterator[tuple[str, int, float]]:
+    """The real server (tests' own starter); yields its URL, pid and process-start-to-ready s."""
+    env = server_env(home, MODEL_PATH=str(model_path), **settings)
     started = time.perf_counter()
-    process = subprocess.Popen(
-        [BENTOML, "serve", "--host", "127.0.0.1", "--port", str(port)],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError("server exited during start")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                    break
-            time.sleep(0.02)
-        yield url, process, time.perf_counter() - started
-    finally:
-        stop(process)
+    with running_server(env, home / "server.log") as running:
+        yield running.url, running.process.pid, time.perf_counter() - started
 
 
 def batch_histogram(url: str) -> dict[str, float]:
@@ -205,14 +179,12 @@ def main() -> None:
         )
         bulk_bodies = write_bodies(tmp / "bulk", [pixels[:10_000].tobytes()])
         home = tmp / "bentoml"
+        home.mkdir()
         form = "multipart/form-data; boundary=mnistbenchboundary"
 
         for batching in ("true", "false"):
-            with server(args.model, home, MNIST_BATCHING=batching, MNIST_WORKERS=args.workers) as (
-                url,
-                process,
-                cold,
-            ):
+            settings = {"MNIST_BATCHING": batching, "MNIST_WORKERS": args.workers}
+            with server(args.model, home, **settings) as (url, _, cold):
                 results.setdefault("cold_start_s", []).append(cold)
                 levels = (1, 8, 32, 128) if batching == "true" else (32, 128)
                 for c in levels:
@@ -241,10 +213,10 @@ def main() -> None:
                     results["predict_bulk_10000"] = run
                     print(f"/predict_bulk 10,000 per request: {summary(run)}", flush=True)
 
-        with server(args.model, home, MNIST_WORKERS=args.workers) as (url, process, cold):
-            start_rss = process_tree_rss_mb(process.pid)
+        with server(args.model, home, MNIST_WORKERS=args.workers) as (url, pid, cold):
+            start_rss = process_tree_rss_mb(pid)
             wrk(url, "/predict_image", image_bodies, form, 32, 5)
-            warm_rss = process_tree_rss_mb(process.pid)
+            warm_rss = process_tree_rss_mb(pid)
             served = 0
             while served < args.soak_requests:
                 served += wrk(url, "/predict_image", image_bodies, form, 32, 20)["requests"]
@@ -252,7 +224,7 @@ def main() -> None:
                 "rss_after_start_mb": start_rss,
                 "rss_after_warmup_mb": warm_rss,
                 "requests": served,
-                "rss_after_requests_mb": process_tree_rss_mb(process.pid),
+                "rss_after_requests_mb": process_tree_rss_mb(pid),
             }
             print(f"memory: {results['memory']}", flush=True)
     if args.json:

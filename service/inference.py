@@ -9,8 +9,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from training import load_checkpoint, read_metadata
-from training.checkpoint import build_model
+from training import load_checkpoint
+from training.checkpoint import build_model, metadata_of
 
 
 @dataclass(frozen=True)
@@ -25,7 +25,7 @@ class Classifier:
     def __init__(self, source: ModelSource) -> None:
         payload = load_checkpoint(source.path)  # raises CheckpointError with a one-line reason
         self.model = build_model(payload)
-        self.metadata: dict[str, Any] = read_metadata(source.path)
+        self.metadata: dict[str, Any] = metadata_of(payload)
         self.source = source
 
     def probabilities(self, images: np.ndarray) -> np.ndarray:

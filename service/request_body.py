@@ -87,6 +87,8 @@ async def read_files(request: Request, field: str, limit: int, max_files: int) -
     if any(part.filename is None for part in named):
         raise ClientError(400, f"multipart field '{field}' must be a file, not text")
     if len(named) > max_files:
+        if max_files == 1:
+            raise ClientError(400, f"send exactly one file in field '{field}', not {len(named)}")
         raise ClientError(413, f"{len(named)} files in one request; the limit is {max_files}")
     return [part.content for part in named]
 
@@ -103,13 +105,17 @@ def parse_image_array(payload: object, max_images: int) -> np.ndarray:
     if len(images) > max_images:
         raise ClientError(413, f"{len(images)} images in one request; the limit is {max_images}")
     try:
-        array = np.array(images, dtype=np.float32)
+        array = np.array(images)  # numpy infers the type: anything but numbers is refused below
     except (ValueError, TypeError):
         raise ClientError(
             422, "each image must be 28 lists of 28 numbers or one list of 784 numbers"
         ) from None
-    except OverflowError:  # a JSON integer beyond float range, e.g. 1 followed by 400 zeros
-        raise ClientError(422, "image values must lie in [0, 1]") from None
+    if array.dtype.kind not in "iuf":  # strings, booleans, nulls, ragged or huge integers
+        raise ClientError(
+            422,
+            "each image must be 28 lists of 28 numbers or one list of 784 numbers "
+            "(no strings, booleans or nulls)",
+        )
     if array.shape[1:] == (28, 28):
         array = array.reshape(len(array), 784)
     if array.ndim != 2 or array.shape[1] != 784:
@@ -121,7 +127,12 @@ def parse_image_array(payload: object, max_images: int) -> np.ndarray:
         raise ClientError(422, "image values must be finite numbers (no NaN or infinity)")
     if array.min() < 0 or array.max() > 1:
         raise ClientError(422, "image values must lie in [0, 1]")
-    return array
+    return array.astype(np.float32)
+
+
+def images_from_json(body: bytes, max_images: int) -> np.ndarray:
+    """A `/predict` body -> (N, 784) float32; every problem is a ClientError."""
+    return parse_image_array(parse_json(body), max_images)
 
 
 def parse_json(body: bytes) -> object:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
 
 import anyio
 import bentoml
@@ -18,13 +19,12 @@ from starlette.responses import Response
 from service.auth import ApiKeyMiddleware
 from service.batcher import MicroBatcher
 from service.inference import Classifier, ModelSource, prediction
-from service.preprocess import PreprocessError, preprocess_image_bytes
+from service.preprocess import NoDigitFoundError, PreprocessError, preprocess_image_bytes
 from service.request_body import (
     ClientError,
+    images_from_json,
     json_response,
     parse_bulk,
-    parse_image_array,
-    parse_json,
     read_body,
     read_files,
     require_media_type,
@@ -45,12 +45,15 @@ from training import CheckpointError
 from training.registry import CHECKPOINT_FILE, MODEL_NAME, serving_tag
 
 logger = logging.getLogger("service")
+TAG_ENV = "_MNIST_SERVING_TAG"
 settings = load_settings()
 
 # Work bigger than this leaves the event loop for a worker thread, so one large request does
-# not stall the many small ones.
-INLINE_UPLOAD_BYTES = 256 * 1024
+# not stall the many small ones. Compressed size bounds decoded size (zlib stays under ~1000:1),
+# so a 4 KB upload decodes in milliseconds; anything larger could be a 6000x6000 photo.
+INLINE_UPLOAD_BYTES = 4 * 1024
 INLINE_BATCH_IMAGES = 256
+HEAVY_WORK_THREADS = 2  # concurrent big decodes / big forward passes per worker (memory bound)
 PROTECTED_ROUTES = (
     "/predict_image",
     "/predict_images",
@@ -68,21 +71,23 @@ batch_size_histogram = bentoml.metrics.Histogram(
 
 
 def model_source(stored_model: object | None) -> ModelSource:
-    if settings.model_path is not None:
+    if stored_model is None:
         return ModelSource(settings.model_path, None)
-    assert stored_model is not None
     return ModelSource(stored_model.path_of(CHECKPOINT_FILE), str(stored_model.tag))
 
 
-def check_model_or_exit() -> None:
-    """Fail `bentoml serve` itself, with one line, when there is no usable model.
+def resolve_tag_or_exit() -> str | None:
+    """The store tag to serve (None with MODEL_PATH), validated; exits with one line if unusable.
 
-    BentoML keeps serving (never ready) when a worker's `__init__` raises, so the
-    checkpoint is validated here, at import in the server process, before any worker starts.
+    BentoML keeps serving (never ready) when a worker's `__init__` raises, so the model is
+    resolved and its checkpoint validated here, at import in the server process, once, before
+    any worker starts; the workers then serve exactly this tag.
     """
     try:
-        stored = None if settings.model_path else bentoml.models.get(serving_tag())
-        Classifier(model_source(stored))
+        # The server process resolves the tag once; its workers inherit it through the
+        # environment, so a promotion landing during start cannot split them across models.
+        tag = None if settings.model_path else os.environ.get(TAG_ENV) or serving_tag()
+        Classifier(model_source(bentoml.models.get(tag) if tag else None))
     except CheckpointError as exc:
         raise SystemExit(f"error: cannot serve: {exc}") from None
     except bentoml.exceptions.NotFound:
@@ -90,9 +95,12 @@ def check_model_or_exit() -> None:
             f"error: cannot serve: no model '{MODEL_NAME}' in the BentoML store and MODEL_PATH "
             "is not set; train one with `python -m training` or set MODEL_PATH"
         ) from None
+    if tag is not None:
+        os.environ[TAG_ENV] = tag
+    return tag
 
 
-check_model_or_exit()
+SERVING_TAG = resolve_tag_or_exit()
 
 
 @bentoml.service(
@@ -107,12 +115,13 @@ class MNISTClassifier:
 
     # Referenced at class level so `bentoml build` packs the model. BentoML resolves class-level
     # models at start, so with MODEL_PATH (e.g. in the Docker image) there is no reference.
-    if settings.model_path is None:
-        stored_model = bentoml.models.BentoModel(serving_tag())
+    if SERVING_TAG is not None:
+        stored_model = bentoml.models.BentoModel(SERVING_TAG)
 
     def __init__(self) -> None:
         torch.set_num_threads(settings.torch_threads)
-        stored = None if settings.model_path else self.stored_model
+        self.heavy_work = anyio.CapacityLimiter(HEAVY_WORK_THREADS)
+        stored = self.stored_model if SERVING_TAG is not None else None
         self.classifier = Classifier(model_source(stored))
         self.model_info_body = json_response(ModelInfo(**self.classifier.info()).model_dump()).body
         self.batcher = MicroBatcher(
@@ -134,22 +143,31 @@ class MNISTClassifier:
         return hasattr(self, "classifier")
 
     async def _preprocess(self, data: bytes) -> np.ndarray:
+        """Upload bytes -> (784,) array; small files inline, big ones in a bounded thread pool."""
+
+        def run() -> np.ndarray:
+            return preprocess_image_bytes(data, max_pixels=settings.max_image_pixels)
+
         try:
             if len(data) <= INLINE_UPLOAD_BYTES:
-                array = preprocess_image_bytes(data, max_pixels=settings.max_image_pixels)
+                array = run()
             else:
-                array = await anyio.to_thread.run_sync(
-                    lambda: preprocess_image_bytes(data, max_pixels=settings.max_image_pixels)
-                )
+                array = await anyio.to_thread.run_sync(run, limiter=self.heavy_work)
+        except NoDigitFoundError as exc:
+            raise ClientError(422, str(exc)) from None
         except PreprocessError as exc:
-            status = 422 if type(exc).__name__ == "NoDigitFoundError" else 400
-            raise ClientError(status, str(exc)) from None
+            raise ClientError(400, str(exc)) from None
+        except Exception:  # a decoder failure Pillow does not classify: still the upload's fault
+            logger.exception("unexpected error while decoding an upload")
+            raise ClientError(400, "the image could not be processed") from None
         return array.reshape(784)
 
     async def _probabilities(self, images: np.ndarray) -> np.ndarray:
         if len(images) <= INLINE_BATCH_IMAGES:
             return self.classifier.probabilities(images)
-        return await anyio.to_thread.run_sync(self.classifier.probabilities, images)
+        return await anyio.to_thread.run_sync(
+            self.classifier.probabilities, images, limiter=self.heavy_work
+        )
 
     @bentoml.api(input_spec=ImageUpload)
     async def predict_image(self, ctx: bentoml.Context) -> Prediction:
@@ -181,8 +199,13 @@ class MNISTClassifier:
         request = ctx.request
         try:
             require_media_type(request, "application/json")
-            payload = parse_json(await read_body(request, settings.max_json_bytes))
-            images = parse_image_array(payload, settings.max_batch_images)
+            body = await read_body(request, settings.max_json_bytes)
+            if len(body) <= INLINE_UPLOAD_BYTES * 64:
+                images = images_from_json(body, settings.max_batch_images)
+            else:  # parsing megabytes of JSON takes a while: not on the event loop
+                images = await anyio.to_thread.run_sync(
+                    images_from_json, body, settings.max_batch_images, limiter=self.heavy_work
+                )
         except ClientError as exc:
             return exc.response(ctx)
         return json_response([prediction(row) for row in await self._probabilities(images)])

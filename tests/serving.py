@@ -51,7 +51,7 @@ def wait_ready(url: str, process: subprocess.Popen, timeout: float = 60) -> bool
         with contextlib.suppress(httpx.HTTPError):
             if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
                 return True
-        time.sleep(0.2)
+        time.sleep(0.05)
     return False
 
 

@@ -82,7 +82,16 @@ def test_bulk_binary_matches_offline_predictions(server, mnist_test, offline_mod
     assert all(0 < c <= 1 for c in body["confidences"])
 
 
+def batch_histogram(server) -> dict[float, float]:
+    """Cumulative forward-pass counts per batch-size bucket, from /metrics."""
+    metrics = httpx.get(f"{server.url}/metrics").text
+    pattern = r'mnist_adaptive_batch_size_bucket\{[^}]*le="([^"]+)"[^}]*\} (\S+)'
+    return {float(le): float(count) for le, count in re.findall(pattern, metrics)}
+
+
 def test_concurrent_single_images_are_batched(server, mnist_test_pngs):
+    before = batch_histogram(server)
+
     async def burst() -> list[httpx.Response]:
         async with httpx.AsyncClient(base_url=server.url, timeout=60) as client:
             calls = [
@@ -94,16 +103,12 @@ def test_concurrent_single_images_are_batched(server, mnist_test_pngs):
     responses = asyncio.run(burst())
     assert [r.status_code for r in responses] == [200] * 64
     assert [r.json()["digit"] for r in responses] == [d for _, d in mnist_test_pngs[:64]]
-    metrics = httpx.get(f"{server.url}/metrics").text
-    batches = {
-        float(le): float(count)
-        for le, count in re.findall(
-            r'mnist_adaptive_batch_size_bucket\{[^}]*le="([^"]+)"[^}]*\} (\S+)', metrics
-        )
-    }
-    assert batches, "adaptive batch-size histogram missing from /metrics"
-    total = batches[float("inf")]
-    assert total > batches[1.0], "every forward pass had a single image: no batching happened"
+    after = batch_histogram(server)
+    assert after, "adaptive batch-size histogram missing from /metrics"
+    passes = after[float("inf")] - before.get(float("inf"), 0)
+    single = after[1.0] - before.get(1.0, 0)
+    assert passes < 64, "64 concurrent requests took 64 forward passes: no batching happened"
+    assert passes > single, "every forward pass of this burst had a single image"
 
 
 def test_preprocess_image_returns_what_the_model_sees(server, mnist_test_pngs, mnist_test):
@@ -209,6 +214,15 @@ BAD_REQUESTS = {
     ),
     "json out of range": ("/predict", {"json": {"images": [[2.0] * 784]}}, 422),
     "json strings": ("/predict", {"json": {"images": [["a"] * 784]}}, 422),
+    "json numeric strings": ("/predict", {"json": {"images": [["0.5"] * 784]}}, 422),
+    "json booleans": ("/predict", {"json": {"images": [[True] * 784]}}, 422),
+    "json nulls": ("/predict", {"json": {"images": [[None] * 784]}}, 422),
+    "json huge integer": ("/predict", {"json": {"images": [[10**400] + [0] * 783]}}, 422),
+    "two files for one image": (
+        "/predict_image",
+        {"files": [("image", ("a.png", b"x")), ("image", ("b.png", b"y"))]},
+        400,
+    ),
     "json empty batch": ("/predict", {"json": {"images": []}}, 422),
     "json too large batch": ("/predict", {"json": {"images": [[0.0] * 784] * 4097}}, 413),
     "json missing field": ("/predict", {"json": {"pictures": []}}, 422),

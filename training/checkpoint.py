@@ -98,12 +98,20 @@ def save_checkpoint(
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
-    """Read and validate a checkpoint; raise CheckpointError with a one-line reason."""
+    """Read and validate a checkpoint; raise CheckpointError with a one-line reason.
+
+    The file is read once: the returned payload's `file_sha256` describes exactly the bytes
+    the weights came from, even if the file is replaced meanwhile.
+    """
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint not found: {path}") from None
+    except OSError as exc:
+        raise CheckpointError(f"cannot read checkpoint {path}: {exc.strerror}") from None
+    try:
+        payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for garbage/truncated files
         reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"unreadable checkpoint {path}: {reason}") from None
@@ -120,6 +128,10 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         raise CheckpointError(f"checkpoint {path} failed its integrity check (weights changed)")
     if not all(torch.isfinite(v).all() for v in state_dict.values()):
         raise CheckpointError(f"checkpoint {path} holds non-finite weights")
+    accuracy = payload.get("metrics", {}).get("test_accuracy")
+    if accuracy is not None and not math.isfinite(accuracy):
+        raise CheckpointError(f"checkpoint {path} reports a non-finite accuracy")
+    payload["file_sha256"] = hashlib.sha256(data).hexdigest()
     return payload
 
 
@@ -140,12 +152,13 @@ def load_model(path: Path) -> MLP:
     return build_model(load_checkpoint(path))
 
 
+def metadata_of(payload: dict[str, Any]) -> dict[str, Any]:
+    """Everything in a loaded checkpoint except the weights, with the file's sha256 as `sha256`."""
+    metadata = {k: v for k, v in payload.items() if k not in ("state_dict", "file_sha256")}
+    metadata["sha256"] = payload["file_sha256"]
+    return metadata
+
+
 def read_metadata(path: Path) -> dict[str, Any]:
     """Everything in the checkpoint except the weights, plus the file's sha256."""
-    payload = load_checkpoint(path)
-    metadata = {k: v for k, v in payload.items() if k != "state_dict"}
-    metadata["sha256"] = file_sha256(Path(path))
-    accuracy = metadata.get("metrics", {}).get("test_accuracy")
-    if accuracy is not None and not math.isfinite(accuracy):
-        raise CheckpointError(f"checkpoint {path} reports a non-finite accuracy")
-    return metadata
+    return metadata_of(load_checkpoint(path))
