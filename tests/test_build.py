@@ -6,6 +6,7 @@ A "site" is one place a build writes to: a BentoML home, a reports folder and th
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import io
 import json
@@ -14,6 +15,7 @@ import shutil
 import subprocess
 import sys
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +25,10 @@ from PIL import Image
 
 from tests.conftest import DATA_DIR
 from tests.serving import REPO, running_server, server_env
-from training.build import Baseline, build_parser, gate, parse_args
+from training.cli import build_parser, parse_build_args
+from training.gate import Baseline, gate
+from training.promote import LOCK_FILE
+from training.ship import docker, docker_problem
 
 BUILD = REPO / "scripts" / "build"
 QUICK = ["--quick", "--min-accuracy", "60"]  # 1 epoch on 2,000 images: about 76 %
@@ -38,6 +43,16 @@ try:
 except bentoml.exceptions.NotFound:
     models = {}
 print(json.dumps({"serving": serving_tag() if models else None, "models": models}))
+"""
+PROMOTE_AT_99_PERCENT = """
+import sys
+from pathlib import Path
+from training.checkpoint import read_metadata
+from training.registry import register_checkpoint
+checkpoint = Path(sys.argv[1])
+metadata = read_metadata(checkpoint)
+metadata["metrics"]["test_accuracy"] = 0.99
+print(register_checkpoint(checkpoint, metadata, {"stage": "production"}))
 """
 
 
@@ -61,13 +76,18 @@ class Site:
         env = {k: v for k, v in os.environ.items() if k != "SOURCE_DATE_EPOCH"}
         return {**env, "BENTOML_HOME": str(self.home), "BENTOML_DO_NOT_TRACK": "true", **extra}
 
-    def build(self, *args: str, timeout: float = 600, **env: str) -> subprocess.CompletedProcess:
-        """`scripts/build` with this site's store, reports and output (from another directory)."""
-        command = [str(BUILD), "--data-dir", str(DATA_DIR), "--reports-dir", str(self.reports)]
-        command += ["--output", str(self.output), *args]
+    def command(self, *args: str, program: Sequence[str] = (str(BUILD),)) -> list[str]:
+        """`scripts/build` (or `program`) with this site's store, reports and output."""
+        command = [*program, "--data-dir", str(DATA_DIR), "--reports-dir", str(self.reports)]
+        return [*command, "--output", str(self.output), *args]
+
+    def build(
+        self, *args: str, program: Sequence[str] = (str(BUILD),), timeout: float = 600, **env: str
+    ) -> subprocess.CompletedProcess:
+        """Run a build from another directory; later options win, so `args` may override."""
         self.root.mkdir(parents=True, exist_ok=True)
         return subprocess.run(
-            command,
+            self.command(*args, program=program),
             cwd=self.root,
             env=self.env(**env),
             capture_output=True,
@@ -105,11 +125,15 @@ def tree_digest(path: Path) -> dict[str, str]:
     return {str(p.relative_to(path)): sha256(p) for p in sorted(path.rglob("*")) if p.is_file()}
 
 
+def promoted_tag_in(stdout: str) -> str:
+    lines = [line for line in stdout.splitlines() if line.startswith("promoted mnist-mlp:")]
+    assert lines, stdout
+    return lines[-1].split()[1].rstrip(":")
+
+
 def promoted_tag(result: subprocess.CompletedProcess) -> str:
     assert result.returncode == 0, f"exit {result.returncode}\n{result.stdout}\n{result.stderr}"
-    lines = [line for line in result.stdout.splitlines() if line.startswith("promoted mnist-mlp:")]
-    assert lines, result.stdout
-    return lines[-1].split()[1].rstrip(":")
+    return promoted_tag_in(result.stdout)
 
 
 @pytest.fixture(scope="module")
@@ -161,10 +185,10 @@ def test_help_documents_every_option():
 
 
 def test_quick_and_dry_run_set_small_defaults_that_explicit_flags_override():
-    assert (parse_args([]).epochs, parse_args([]).limit) == (10, None)
-    quick = parse_args(["--quick"])
+    assert (parse_build_args([]).epochs, parse_build_args([]).limit) == (10, None)
+    quick = parse_build_args(["--quick"])
     assert (quick.epochs, quick.limit, quick.dry_run) == (1, 2000, False)
-    dry = parse_args(["--dry-run", "--epochs", "3"])
+    dry = parse_build_args(["--dry-run", "--epochs", "3"])
     assert (dry.epochs, dry.limit, dry.quick) == (3, 2000, True)
 
 
@@ -173,7 +197,7 @@ def test_quick_and_dry_run_set_small_defaults_that_explicit_flags_override():
 )
 def test_bad_options_are_usage_errors(args):
     with pytest.raises(SystemExit) as exit_info:
-        parse_args(args)
+        parse_build_args(args)
     assert exit_info.value.code == 2
 
 
@@ -309,18 +333,78 @@ def test_same_options_and_seed_give_the_same_model(site, tmp_path):
     assert sha256(again.output) == promoted["file_sha256"]
 
 
+def test_a_second_build_waits_for_the_promotion_lock_and_gates_against_the_new_model(
+    site, tmp_path
+):
+    """The lock makes gate-and-register one step: no two builds promote against one baseline."""
+    site, tag = site
+    site = site.copy(tmp_path / "site")
+    with open(site.home / LOCK_FILE, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # as if another build were promoting right now
+        build = subprocess.Popen(
+            site.command(*QUICK, "--no-docker"),
+            cwd=site.root,
+            env=site.env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        assert build.stdout is not None
+        printed = ""
+        while "waiting for another build" not in printed:
+            line = build.stdout.readline()
+            assert line, f"the build ended without waiting for the lock:\n{printed}"
+            printed += line
+        assert build.poll() is None
+        # Meanwhile "the other build" promotes a better model.
+        better = subprocess.run(
+            [sys.executable, "-c", PROMOTE_AT_99_PERCENT, str(site.output)],
+            cwd=REPO,
+            env=site.env(),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert better.returncode == 0, better.stderr
+        better_tag = better.stdout.strip().splitlines()[-1]
+    printed += build.stdout.read()
+    assert build.wait(timeout=120) == 1, printed  # refused against the model promoted meanwhile
+    refused_name = next(p.name for p in site.reports.iterdir() if p.name.startswith("refused-"))
+    assert site.report(refused_name)["gate"]["baseline"]["tag"] == better_tag != tag
+    assert better_tag in printed and "99.00 %" in printed
+    assert site.store()["serving"] == better_tag
+
+
+def test_a_failure_after_the_promotion_is_one_line_and_the_report_is_still_written(site, tmp_path):
+    site, _ = site
+    site = site.copy(tmp_path / "site")
+    not_a_directory = site.root / "file"
+    not_a_directory.write_text("")
+    # No bentoml CLI next to this "interpreter", and --output cannot be written.
+    no_bentoml_cli = "import sys; sys.executable = '/nowhere/python'; import training.build as b; "
+    program = [sys.executable, "-c", no_bentoml_cli + "sys.exit(b.main(sys.argv[1:]))"]
+    args = [*QUICK, "--no-docker", "--bentoml-build", "--output", str(not_a_directory / "m.pt")]
+    result = site.build(*args, program=program, PYTHONPATH=str(REPO))
+    assert result.returncode == 3, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error after")]
+    assert len(errors) == 2, result.stderr
+    assert "cannot copy the checkpoint" in errors[0] and "no bentoml CLI" in errors[1]
+    new_tag = promoted_tag_in(result.stdout)
+    assert site.store()["serving"] == new_tag
+    report = site.report(new_tag.split(":")[1])
+    assert report["status"] == "promoted" and report["exit_code"] == 3
+    assert len(report["errors"]) == 2 and not report["bento"]["built"]
+    assert report["artifacts"]["sha256"] is None
+    assert "ERROR after promotion" in (site.reports / report["name"] / "report.md").read_text()
+
+
 # ---- shipping ------------------------------------------------------------------------------
-
-
-def docker(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["docker", *args], capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.mark.docker
 @pytest.mark.timeout(1800)
 def test_the_ship_step_builds_an_image_that_packs_the_promoted_checkpoint(site, tmp_path):
-    from training.build import docker_problem
-
     problem = docker_problem()
     if problem is not None:
         message = f"no Docker engine ({problem}); start one with `bash scripts/docker-engine.sh`"
@@ -346,6 +430,6 @@ def test_the_ship_step_builds_an_image_that_packs_the_promoted_checkpoint(site, 
         assert labels["mnist.model.tag"] == tag
         assert not list((REPO / "artifacts").glob(".ship-*")), "staging copy left behind"
     finally:
-        tags = docker("images", "--format", "{{.Repository}}:{{.Tag}}", image).stdout.split()
-        if tags:  # --no-prune keeps the parent layers as the next build's cache
-            docker("rmi", "--force", "--no-prune", *tags)
+        listed = docker("images", "--format", "{{.Repository}}:{{.Tag}}", image, check=False)
+        if tags := listed.stdout.split():  # --no-prune keeps the parents as the next build's cache
+            docker("rmi", "--force", "--no-prune", *tags, check=False)

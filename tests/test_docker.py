@@ -10,8 +10,6 @@ import contextlib
 import json
 import os
 import shutil
-import socket
-import subprocess
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -20,51 +18,21 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.serving import free_port
+from training.ship import base_image, docker, docker_problem
+
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(1800)]
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-LOCAL_BASE_IMAGE = "local/bookworm:latest"
 BUILD_TIMEOUT_S = 1500
 READY_TIMEOUT_S = 120
 STOP_BUDGET_S = 10
 
 
-def docker(*args: str, timeout: float = 60, check: bool = True) -> subprocess.CompletedProcess[str]:
-    """Run the docker CLI; on failure the error shows the command's output."""
-    result = subprocess.run(
-        ["docker", *args], capture_output=True, text=True, timeout=timeout, check=False
-    )
-    if check and result.returncode != 0:
-        output = (result.stdout + result.stderr)[-4000:]
-        raise AssertionError(f"docker {' '.join(args)} exited {result.returncode}:\n{output}")
-    return result
-
-
-def engine_problem() -> str | None:
-    """Why no Docker engine can be used, or None when one answers."""
-    if shutil.which("docker") is None:
-        return "no docker CLI on PATH"
-    try:
-        result = docker("info", timeout=30, check=False)
-    except subprocess.TimeoutExpired:
-        return "`docker info` timed out"
-    if result.returncode != 0:
-        lines = result.stderr.strip().splitlines() or ["no output"]
-        return f"`docker info` failed: {lines[-1]}"
-    return None
-
-
 def base_image_args() -> list[str]:
     """Build on the debootstrapped base image when there is one (no registry needed)."""
-    if docker("image", "inspect", LOCAL_BASE_IMAGE, check=False).returncode == 0:
-        return ["--build-arg", f"BASE_IMAGE={LOCAL_BASE_IMAGE}"]
-    return []
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    base = base_image()
+    return ["--build-arg", f"BASE_IMAGE={base}"] if base else []
 
 
 def wait_until_ready(name: str, base_url: str) -> None:
@@ -138,7 +106,7 @@ def running_container(image: str) -> Iterator[tuple[str, str]]:
 
 @pytest.fixture(scope="module")
 def docker_engine() -> None:
-    problem = engine_problem()
+    problem = docker_problem()
     if problem is not None:
         message = f"no Docker engine ({problem}); start one with `bash scripts/docker-engine.sh`"
         if os.environ.get("CI", "").lower() == "true":

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 DPI = 100
 PLOTS = {
@@ -26,6 +27,7 @@ PLOTS = {
     "misclassified": "misclassified.png",
 }
 GRID_ROWS, GRID_COLS = 4, 6
+WORST_EXAMPLES = GRID_ROWS * GRID_COLS
 
 
 @dataclass(frozen=True)
@@ -37,6 +39,51 @@ class Misclassified:
     true: int
     predicted: int
     confidence: float
+
+
+@dataclass
+class ErrorAnalysis:
+    """Where a model goes wrong on a labelled set: the confusion matrix and the worst digits."""
+
+    confusion: np.ndarray  # (10, 10) counts, rows = true digit, columns = predicted
+    misclassified: list[Misclassified]  # most confident first
+
+    @property
+    def correct(self) -> int:
+        return int(np.trace(self.confusion))
+
+    @property
+    def total(self) -> int:
+        return int(self.confusion.sum())
+
+    @property
+    def per_class_accuracy(self) -> list[float]:
+        return (np.diag(self.confusion) / np.maximum(self.confusion.sum(axis=1), 1)).tolist()
+
+
+@torch.no_grad()
+def analyse_errors(
+    model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, worst: int = WORST_EXAMPLES
+) -> ErrorAnalysis:
+    """One forward pass of an eval-mode model; predictions are the argmax, as in `evaluate`."""
+    logits = model(images)
+    predicted = logits.argmax(dim=1)
+    confidence = logits.softmax(dim=1).gather(1, predicted[:, None]).squeeze(1)
+    confusion = np.zeros((logits.shape[1], logits.shape[1]), dtype=np.int64)
+    np.add.at(confusion, (labels.numpy(), predicted.numpy()), 1)
+    wrong = (predicted != labels).nonzero().flatten()
+    order = wrong[confidence[wrong].argsort(descending=True, stable=True)][:worst]
+    examples = [
+        Misclassified(
+            index=int(i),
+            image=images[i].reshape(28, 28).numpy().copy(),
+            true=int(labels[i]),
+            predicted=int(predicted[i]),
+            confidence=float(confidence[i]),
+        )
+        for i in order
+    ]
+    return ErrorAnalysis(confusion, examples)
 
 
 def _figure(width_px: int, height_px: int):
@@ -138,6 +185,8 @@ def render_markdown(report: Mapping[str, Any]) -> str:
             f"{'; '.join(gate['reasons'])}.",
             "",
         ]
+    for error in report.get("errors") or []:
+        lines += [f"> **ERROR after promotion**: {error}", ""]
     lines += [
         _row("", ""),
         _row("---", "---"),

@@ -1,0 +1,104 @@
+"""The promotion gate: may a candidate replace the served model? Pure rules, no I/O.
+
+Accuracies are fractions in [0, 1]; the floor is in percent and the tolerance in percentage points,
+as on the command line. docs/retraining.md states the rules.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+MIN_ACCURACY = 97.5  # percent
+TOLERANCE = 0.2  # percentage points
+EPSILON = 1e-6  # accuracies are multiples of 0.01 %; this only absorbs float rounding
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """The model the service serves now, i.e. what a promotion would replace."""
+
+    tag: str
+    test_accuracy: float  # 0-1
+    promoted: bool  # carries stage=production (else it is served as the newest model)
+    sha256: str | None
+    weights_sha256: str | None
+
+
+@dataclass(frozen=True)
+class GateDecision:
+    passed: bool
+    forced: bool
+    candidate_accuracy: float  # 0-1
+    baseline: Baseline | None
+    min_accuracy: float  # percent
+    tolerance: float  # percentage points
+    reasons: tuple[str, ...]  # why it was refused; empty when it passed
+
+    @property
+    def promote(self) -> bool:
+        return self.passed or self.forced
+
+    @property
+    def decision(self) -> str:
+        return "accept" if self.passed else "refuse"
+
+    def summary(self) -> str:
+        candidate = f"candidate {100 * self.candidate_accuracy:.2f} %"
+        if self.baseline is None:
+            against = f"no promoted model yet, floor {self.min_accuracy:.2f} %"
+        else:
+            against = (
+                f"promoted {self.baseline.tag} {100 * self.baseline.test_accuracy:.2f} % "
+                f"(tolerance {self.tolerance:g} points), floor {self.min_accuracy:.2f} %"
+            )
+        verdict = "accepted" if self.passed else ("REFUSED, FORCED" if self.forced else "REFUSED")
+        return f"{verdict}: {candidate} vs {against}"
+
+    def as_dict(self) -> dict[str, Any]:
+        """The fields plus `decision`, `promoted` and `summary`, for the report."""
+        return {
+            **asdict(self),
+            "decision": self.decision,
+            "promoted": self.promote,
+            "summary": self.summary(),
+        }
+
+
+def gate(
+    candidate_accuracy: float,
+    baseline: Baseline | None,
+    *,
+    min_accuracy: float = MIN_ACCURACY,
+    tolerance: float = TOLERANCE,
+    force: bool = False,
+) -> GateDecision:
+    """Refuse below the floor, or more than `tolerance` points below the promoted model.
+
+    Without a promoted model only the floor applies. Equal to a limit is not "below" it.
+    `force` promotes a refused candidate; it marks the decision `forced` only when it was needed.
+    """
+    candidate = 100 * candidate_accuracy
+    reasons = []
+    if candidate < min_accuracy - EPSILON:
+        reasons.append(
+            f"candidate test accuracy {candidate:.2f} % is below the floor of "
+            f"{min_accuracy:.2f} % (--min-accuracy)"
+        )
+    if baseline is not None:
+        current = 100 * baseline.test_accuracy
+        if current - candidate > tolerance + EPSILON:
+            reasons.append(
+                f"candidate test accuracy {candidate:.2f} % is {current - candidate:.2f} "
+                f"percentage points below the promoted model {baseline.tag} at {current:.2f} % "
+                f"(--tolerance {tolerance:g})"
+            )
+    return GateDecision(
+        passed=not reasons,
+        forced=force and bool(reasons),
+        candidate_accuracy=candidate_accuracy,
+        baseline=baseline,
+        min_accuracy=min_accuracy,
+        tolerance=tolerance,
+        reasons=tuple(reasons),
+    )
