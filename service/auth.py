@@ -18,13 +18,15 @@ class ApiKeyMiddleware:
 
     def __init__(self, app, api_key: str, protected: Collection[str]) -> None:
         self.app = app
-        self.expected = f"Bearer {api_key}".encode()
+        self.expected = api_key.encode()
         self.protected = frozenset(protected)
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] == "http" and scope["path"] in self.protected:
-            given = dict(scope["headers"]).get(b"authorization", b"")
-            if not hmac.compare_digest(given, self.expected):
+            scheme, _, token = dict(scope["headers"]).get(b"authorization", b"").partition(b" ")
+            # Scheme case-insensitive (RFC 9110 11.1); token compared in constant time.
+            valid = hmac.compare_digest(token.strip(), self.expected)
+            if scheme.lower() != b"bearer" or not valid:
                 logger.warning(
                     "%s %s -> 401: missing or wrong API key", scope["method"], scope["path"]
                 )

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
-from pydantic import AliasChoices, Field, SecretStr, ValidationError
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -48,6 +49,14 @@ class ServiceSettings(BaseSettings):
         40_000_000, ge=784, description="Largest decoded image (width x height) accepted."
     )
 
+    @field_validator("model_path", "api_key", mode="before")
+    @classmethod
+    def _not_empty(cls, value: object) -> object:
+        # `API_KEY=` would require the unmatchable key "", `MODEL_PATH=` would mean "."
+        if isinstance(value, str) and not value.strip():
+            raise ValueError("must not be empty; unset the variable instead")
+        return value
+
 
 def load_settings() -> ServiceSettings:
     """Read the settings; a bad value is a one-line error naming the variable."""
@@ -55,7 +64,27 @@ def load_settings() -> ServiceSettings:
         return ServiceSettings()
     except ValidationError as exc:
         problems = "; ".join(
-            f"{'MNIST_' + str(err['loc'][0]).upper() if err['loc'] else '?'}: {err['msg']}"
+            f"{_variable(err['loc'])}: {err['msg'].removeprefix('Value error, ')}"
             for err in exc.errors()
         )
         raise SystemExit(f"error: invalid service settings: {problems}") from None
+
+
+def _variable(loc: tuple) -> str:
+    """The environment variable behind an error location.
+
+    Plain fields report their field name (`workers` -> MNIST_WORKERS); pydantic reports aliased
+    ones by their first alias, so name the alias that is actually set (API_KEY or MNIST_API_KEY).
+    """
+    if not loc:
+        return "?"
+    name = str(loc[0])
+    field = ServiceSettings.model_fields.get(name)
+    if field is not None:
+        return "MNIST_" + name.upper()
+    for field in ServiceSettings.model_fields.values():
+        choices = getattr(field.validation_alias, "choices", [])
+        if name in choices:
+            given = [alias for alias in choices if alias.upper() in map(str.upper, os.environ)]
+            return (given or choices)[0]
+    return name
