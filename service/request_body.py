@@ -158,3 +158,24 @@ def parse_bulk(body: bytes, max_images: int) -> np.ndarray:
     if count > max_images:
         raise ClientError(413, f"{count} images in one request; the limit is {max_images}")
     return np.frombuffer(body, dtype=np.uint8).reshape(count, 784).astype(np.float32) / 255
+
+
+class RejectPickleMiddleware:
+    """ASGI middleware: refuse BentoML's internal pickle media type with a JSON 415 object.
+
+    BentoML refuses it too, but answers with a JSON list, `[{"error": ...}]`.
+    """
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http":
+            content_type = dict(scope["headers"]).get(b"content-type", b"")
+            if content_type.split(b";")[0].strip().lower() == b"application/vnd.bentoml+pickle":
+                body = b'{"error":"Content-Type application/vnd.bentoml+pickle is not accepted"}'
+                headers = [(b"content-type", b"application/json")]
+                await send({"type": "http.response.start", "status": 415, "headers": headers})
+                await send({"type": "http.response.body", "body": body})
+                return
+        await self.app(scope, receive, send)

@@ -12,7 +12,7 @@ from typing import Annotated, Any, ClassVar
 
 import bentoml
 from bentoml.validators import ContentType
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 
 EXAMPLE_PROBABILITIES = [
     0.0001,
@@ -63,6 +63,11 @@ class PreprocessedImage(BaseModel):
     )
 
 
+def nullable(json_type: str) -> WithJsonSchema:
+    """OpenAPI 3.0 `nullable`: BentoML flattens pydantic's `anyOf: [T, null]` to plain T."""
+    return WithJsonSchema({"type": json_type, "nullable": True})
+
+
 class ModelInfo(BaseModel):
     """Which model answers, and how it was made."""
 
@@ -81,7 +86,9 @@ class ModelInfo(BaseModel):
         }
     )
 
-    tag: str | None = Field(description="BentoML store tag, or null when served from a file.")
+    tag: Annotated[str | None, nullable("string")] = Field(
+        description="BentoML store tag, or null when served from a file."
+    )
     source: str = Field(description="`bentoml-store` or `file`.")
     sha256: str = Field(description="sha256 of the checkpoint file.")
     weights_sha256: str = Field(
@@ -89,11 +96,15 @@ class ModelInfo(BaseModel):
     )
     architecture: dict[str, int] = Field(description="Layer sizes of the MLP.")
     config: dict[str, Any] = Field(description="The training configuration.")
-    test_accuracy: float | None = Field(description="Accuracy on the MNIST test set, 0-1.")
+    test_accuracy: Annotated[float | None, nullable("number")] = Field(
+        description="Accuracy on the MNIST test set, 0-1."
+    )
     history: list[dict[str, Any]] = Field(description="Per-epoch training log.")
     data_md5: dict[str, str] = Field(description="MD5 of each MNIST file it was trained on.")
     torch_version: str = Field(description="torch version that trained it.")
-    git_commit: str | None = Field(description="Commit of the training code, if known.")
+    git_commit: Annotated[str | None, nullable("string")] = Field(
+        description="Commit of the training code, if known."
+    )
     created_at: str = Field(description="When the checkpoint was written (UTC, ISO 8601).")
 
 
@@ -148,6 +159,10 @@ class ArrayBatch(RequestSpec):
             "white digit on black (the MNIST convention). At most 4096 per request by default."
         )
     )
+
+
+class NoBody(RequestSpec):
+    """No request body: whatever is sent is ignored."""
 
 
 class BulkBody(RequestSpec):

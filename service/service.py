@@ -22,6 +22,7 @@ from service.inference import Classifier, ModelSource, prediction
 from service.preprocess import NoDigitFoundError, PreprocessError, preprocess_image_bytes
 from service.request_body import (
     ClientError,
+    RejectPickleMiddleware,
     images_from_json,
     json_response,
     parse_bulk,
@@ -36,6 +37,7 @@ from service.schemas import (
     ImagesUpload,
     ImageUpload,
     ModelInfo,
+    NoBody,
     Prediction,
     PreprocessedImage,
 )
@@ -106,8 +108,13 @@ SERVING_TAG = resolve_tag_or_exit()
 @bentoml.service(
     name="mnist_classifier",
     workers=settings.workers,
-    traffic={"timeout": 60},
+    # Requests take milliseconds; BentoML keeps a timer (and the request's trace span) alive for
+    # the whole timeout, so a long one holds memory under load.
+    traffic={"timeout": 15},
     http={"port": 3000},
+    # BentoML's access log decodes the request Content-Type as UTF-8 and drops the connection
+    # when it is not (HTTP allows Latin-1 bytes there).
+    logging={"access": {"request_content_type": False}},
 )
 @bentoml.asgi_app(ui_app, path="/ui")
 class MNISTClassifier:
@@ -242,11 +249,13 @@ class MNISTClassifier:
             return exc.response(ctx)
         return json_response({"image": np.round(array.reshape(28, 28), 4).tolist()})
 
-    @bentoml.api
+    @bentoml.api(input_spec=NoBody)
     async def model_info(self) -> ModelInfo:
         """Which model is served: tag, sha256, architecture, training config, accuracy."""
         return Response(self.model_info_body, media_type="application/json")
 
+
+MNISTClassifier.add_asgi_middleware(RejectPickleMiddleware)
 
 if settings.api_key is not None:
     MNISTClassifier.add_asgi_middleware(

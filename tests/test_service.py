@@ -263,9 +263,7 @@ def test_client_errors_are_logged_as_one_line_not_a_traceback(server):
     [None, b"not a checkpoint", "truncated", "tampered"],
     ids=["missing", "garbage", "truncated", "tampered"],
 )
-def test_a_bad_model_path_makes_the_server_exit_nonzero(
-    content, trained_checkpoint, bentoml_home, tmp_path
-):
+def test_a_bad_model_path_makes_the_server_exit_nonzero(content, trained_checkpoint, tmp_path):
     path = tmp_path / "model.pt"
     good = trained_checkpoint.read_bytes()
     if content == "truncated":
@@ -276,7 +274,9 @@ def test_a_bad_model_path_makes_the_server_exit_nonzero(
         torch.save(payload, path)
     elif content is not None:
         path.write_bytes(content)
-    env = server_env(bentoml_home, MODEL_PATH=str(path))
+    # Its own BENTOML_HOME: every `bentoml serve` empties the home's Prometheus directory at
+    # start, which would silence the session server's /metrics.
+    env = server_env(tmp_path / "bentoml", MODEL_PATH=str(path))
     result = subprocess.run(
         [BENTOML, "serve", "--host", "127.0.0.1", "--port", str(free_port())],
         cwd=REPO,
