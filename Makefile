@@ -40,7 +40,7 @@ test: setup system-deps lint
 docker-engine:  ## a Docker engine and local base image without a registry (Debian, root)
 	bash scripts/docker-engine.sh
 
-bench: model
+bench: model  ## needs wrk (Debian: apt-get install wrk); set MNIST_WORKERS to compare
 	$(BIN)/python -m benchmarks.run_all
 
 docker:  ## the serving image from artifacts/model.pt (add DOCKER_BUILD_ARGS for a local base)
