@@ -87,3 +87,15 @@ def running_server(env: dict[str, str], log_path: Path) -> Iterator[Server]:
         yield server
     finally:
         stop(process)
+
+
+def serve_until_exit(env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess:
+    """Run `bentoml serve` expecting it to stop by itself (a bad model or setting)."""
+    return subprocess.run(
+        [BENTOML, "serve", "--host", "127.0.0.1", "--port", str(free_port())],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )

@@ -7,7 +7,6 @@ import asyncio
 import os
 import signal
 import socket
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.serving import BENTOML, REPO, Server, free_port, running_server, server_env
+from tests.serving import Server, running_server, serve_until_exit, server_env
 
 UPLOAD_HEAD = (
     b"--XyZ\r\n"
@@ -171,14 +170,7 @@ def test_a_bad_setting_stops_the_server_with_one_line_naming_it(
     # A BENTOML_HOME of its own (see `own_server`): the CLI empties its Prometheus directory
     # before it even imports the service.
     env = server_env(tmp_path, **{"MODEL_PATH": str(trained_checkpoint), variable: value})
-    result = subprocess.run(
-        [BENTOML, "serve", "--host", "127.0.0.1", "--port", str(free_port())],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = serve_until_exit(env)
     output = result.stdout + result.stderr
     assert result.returncode != 0
     assert "Traceback" not in output, output[-3000:]

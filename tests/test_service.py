@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import io
 import re
-import subprocess
 
 import httpx
 import numpy as np
@@ -13,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.serving import BENTOML, REPO, free_port, server_env
+from tests.serving import serve_until_exit, server_env
 
 
 def post_image(server, data: bytes, field: str = "image", route: str = "/predict_image"):
@@ -277,13 +276,6 @@ def test_a_bad_model_path_makes_the_server_exit_nonzero(content, trained_checkpo
     # Its own BENTOML_HOME: every `bentoml serve` empties the home's Prometheus directory at
     # start, which would silence the session server's /metrics.
     env = server_env(tmp_path / "bentoml", MODEL_PATH=str(path))
-    result = subprocess.run(
-        [BENTOML, "serve", "--host", "127.0.0.1", "--port", str(free_port())],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = serve_until_exit(env)
     assert result.returncode != 0
     assert "error: cannot serve" in result.stderr + result.stdout
