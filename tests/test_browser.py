@@ -26,6 +26,7 @@ from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import WebDriverWait
 
+from tests.requirements import unavailable
 from tests.serving import REPO
 
 # usefixtures run before the test's own arguments, so the check precedes `server`.
@@ -67,10 +68,7 @@ def chromium_installed() -> None:
     """Skip (fail in CI) without Chromium, before the session trains a model and starts a server."""
     missing = [str(path) for path in (CHROMIUM, CHROMEDRIVER) if not path.exists()]
     if missing:
-        reason = f"{' and '.join(missing)} not installed (run scripts/system-deps.sh)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(reason)
-        pytest.skip(reason)
+        unavailable(f"{' and '.join(missing)} not installed (run scripts/system-deps.sh)")
 
 
 @pytest.fixture

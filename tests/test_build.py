@@ -24,11 +24,12 @@ import pytest
 from PIL import Image
 
 from tests.conftest import DATA_DIR
+from tests.requirements import require_docker_engine
 from tests.serving import REPO, running_server, server_env
 from training.cli import build_parser, parse_build_args
 from training.gate import Baseline, gate
 from training.promote import LOCK_FILE
-from training.ship import docker, docker_problem
+from training.ship import docker
 
 BUILD = REPO / "scripts" / "build"
 QUICK = ["--quick", "--min-accuracy", "60"]  # 1 epoch on 2,000 images: about 76 %
@@ -405,12 +406,7 @@ def test_a_failure_after_the_promotion_is_one_line_and_the_report_is_still_writt
 @pytest.mark.docker
 @pytest.mark.timeout(1800)
 def test_the_ship_step_builds_an_image_that_packs_the_promoted_checkpoint(site, tmp_path):
-    problem = docker_problem()
-    if problem is not None:
-        message = f"no Docker engine ({problem}); start one with `bash scripts/docker-engine.sh`"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"CI=true, so this is an error: {message}")
-        pytest.skip(message)
+    require_docker_engine()
     site, _ = site
     site = site.copy(tmp_path / "site")
     image = f"mnist-service-buildtest-{uuid.uuid4().hex[:12]}"

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import shutil
 import time
 import uuid
@@ -18,8 +17,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.requirements import require_docker_engine
 from tests.serving import free_port
-from training.ship import base_image, docker, docker_problem
+from training.ship import base_image, docker
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(1800)]
 
@@ -106,12 +106,7 @@ def running_container(image: str) -> Iterator[tuple[str, str]]:
 
 @pytest.fixture(scope="module")
 def docker_engine() -> None:
-    problem = docker_problem()
-    if problem is not None:
-        message = f"no Docker engine ({problem}); start one with `bash scripts/docker-engine.sh`"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"CI=true, so this is an error: {message}")
-        pytest.skip(message)
+    require_docker_engine()
 
 
 @pytest.fixture(scope="module")
