@@ -108,7 +108,9 @@ def parse_image_array(payload: object, max_images: int) -> np.ndarray:
         array = np.array(images)  # numpy infers the type: anything but numbers is refused below
     except (ValueError, TypeError):
         raise ClientError(
-            422, "each image must be 28 lists of 28 numbers or one list of 784 numbers"
+            422,
+            "each image must be 28 lists of 28 numbers or one list of 784 numbers, the same "
+            f"form for every image in the request; {_first_odd_shape(images)}",
         ) from None
     if array.dtype.kind not in "iuf":  # strings, booleans, nulls, ragged or huge integers
         raise ClientError(
@@ -128,6 +130,19 @@ def parse_image_array(payload: object, max_images: int) -> np.ndarray:
     if array.min() < 0 or array.max() > 1:
         raise ClientError(422, "image values must lie in [0, 1]")
     return array.astype(np.float32)
+
+
+def _first_odd_shape(images: list) -> str:
+    """Name the first ragged image, or the first whose shape differs from image 0's."""
+    shapes = []
+    for index, image in enumerate(images):
+        try:
+            shapes.append(list(np.shape(image)))
+        except ValueError:
+            return f"image {index} is ragged (its rows have different lengths)"
+        if shapes[-1] != shapes[0]:
+            return f"image 0 has shape {shapes[0]}, image {index} has shape {shapes[-1]}"
+    return f"images have shape {shapes[0]}"
 
 
 def images_from_json(body: bytes, max_images: int) -> np.ndarray:
