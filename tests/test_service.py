@@ -279,3 +279,17 @@ def test_a_bad_model_path_makes_the_server_exit_nonzero(content, trained_checkpo
     result = serve_until_exit(env)
     assert result.returncode != 0
     assert "error: cannot serve" in result.stderr + result.stdout
+
+
+def test_the_readme_python_client_example_works(server, mnist_test_pngs, mnist_test, tmp_path):
+    """The README shows BentoML's own client; its calls must keep working against this service."""
+    import bentoml
+
+    png, offline_digit = mnist_test_pngs[0]
+    (tmp_path / "digit.png").write_bytes(png)
+    nested = mnist_test[0][:2].reshape(-1, 28, 28).tolist()
+    with bentoml.SyncHTTPClient(server.url) as client:
+        assert client.predict_image(image=tmp_path / "digit.png")["digit"] == offline_digit
+        offline = [digit for _, digit in mnist_test_pngs[:2]]
+        assert [p["digit"] for p in client.predict(images=nested)] == offline
+        assert 0.9 < client.model_info()["test_accuracy"] <= 1
