@@ -30,6 +30,7 @@ from service.request_body import (
     read_files,
     require_media_type,
 )
+from service.routing_errors import JsonRoutingErrorsMiddleware
 from service.schemas import (
     ArrayBatch,
     BulkBody,
@@ -256,6 +257,7 @@ class MNISTClassifier:
 
 
 MNISTClassifier.add_asgi_middleware(RejectPickleMiddleware)
+MNISTClassifier.add_asgi_middleware(JsonRoutingErrorsMiddleware)
 
 if settings.api_key is not None:
     MNISTClassifier.add_asgi_middleware(

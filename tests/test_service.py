@@ -293,3 +293,21 @@ def test_the_readme_python_client_example_works(server, mnist_test_pngs, mnist_t
         offline = [digit for _, digit in mnist_test_pngs[:2]]
         assert [p["digit"] for p in client.predict(images=nested)] == offline
         assert 0.9 < client.model_info()["test_accuracy"] <= 1
+
+
+@pytest.mark.parametrize(
+    ("method", "route", "status", "message"),
+    [
+        ("GET", "/no-such-route", 404, "no route /no-such-route"),
+        ("POST", "/predict_images/extra", 404, "no route /predict_images/extra"),
+        ("GET", "/predict_image", 405, "GET is not allowed on /predict_image; use POST"),
+        ("DELETE", "/predict", 405, "DELETE is not allowed on /predict; use POST"),
+    ],
+)
+def test_unknown_routes_and_methods_get_json_errors(server, method, route, status, message):
+    response = httpx.request(method, f"{server.url}{route}", timeout=10)
+    assert response.status_code == status
+    assert response.headers["content-type"] == "application/json"
+    assert message in response.json()["error"]
+    if status == 405:
+        assert response.headers["allow"] == "POST"

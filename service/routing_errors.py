@@ -1,0 +1,61 @@
+"""JSON bodies for unknown routes and methods, like every other client error of this service.
+
+Starlette's router (under BentoML) answers them with plain text, `Not Found` and
+`Method Not Allowed`; clients that parse `{"error": ...}` from every 4xx would choke on those.
+"""
+
+from __future__ import annotations
+
+import json
+
+REWRITTEN = {404, 405}
+
+
+def routing_error_message(status: int, method: str, path: str, allow: str) -> str:
+    path = path if len(path) <= 200 else path[:200] + "..."
+    if status == 404:
+        return f"no route {path}; the API is described at /docs.json"
+    return f"{method} is not allowed on {path}; use {allow or 'another method'}"
+
+
+class JsonRoutingErrorsMiddleware:
+    """ASGI middleware: rewrite plain-text 404/405 responses as `{"error": "..."}` JSON."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        held: dict | None = None  # the plain-text response start, until its body has passed
+
+        async def send_json_errors(message: dict) -> None:
+            nonlocal held
+            if message["type"] == "http.response.start" and message["status"] in REWRITTEN:
+                content_type = dict(message.get("headers", [])).get(b"content-type", b"")
+                if content_type.startswith(b"text/plain"):
+                    held = message
+                    return
+            if held is None or message["type"] != "http.response.body":
+                await send(message)
+                return
+            if message.get("more_body"):
+                return  # the plain-text body is replaced, not forwarded
+            await send_json(send, held, scope)
+
+        await self.app(scope, receive, send_json_errors)
+
+
+async def send_json(send, start: dict, scope: dict) -> None:
+    headers = [
+        (name, value)
+        for name, value in start.get("headers", [])
+        if name.lower() not in (b"content-type", b"content-length")
+    ]
+    allow = dict(headers).get(b"allow", b"").decode("latin-1")
+    message = routing_error_message(start["status"], scope["method"], scope["path"], allow)
+    body = json.dumps({"error": message}).encode()
+    headers += [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
+    await send({"type": "http.response.start", "status": start["status"], "headers": headers})
+    await send({"type": "http.response.body", "body": body})
