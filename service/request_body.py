@@ -139,7 +139,7 @@ def _first_odd_shape(images: list) -> str:
         try:
             shapes.append(list(np.shape(image)))
         except ValueError:
-            return f"image {index} is ragged (its rows have different lengths)"
+            return f"image {index} is not a regular array (rows of different lengths)"
         if shapes[-1] != shapes[0]:
             return f"image 0 has shape {shapes[0]}, image {index} has shape {shapes[-1]}"
     return f"images have shape {shapes[0]}"

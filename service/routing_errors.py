@@ -7,11 +7,17 @@ Starlette's router (under BentoML) answers them with plain text, `Not Found` and
 from __future__ import annotations
 
 import json
+import logging
 
-REWRITTEN = {404, 405}
+logger = logging.getLogger("service.requests")  # the logger of every other client error
+
+STARLETTE_TEXTS = {404: "Not Found", 405: "Method Not Allowed"}
 
 
-def routing_error_message(status: int, method: str, path: str, allow: str) -> str:
+def routing_error_message(status: int, text: str, method: str, path: str, allow: str) -> str:
+    """Starlette's bare status phrase becomes a hint; any other text is kept as it was."""
+    if text != STARLETTE_TEXTS[status]:
+        return text
     path = path if len(path) <= 200 else path[:200] + "..."
     if status == 404:
         return f"no route {path}; the API is described at /docs.json"
@@ -28,11 +34,12 @@ class JsonRoutingErrorsMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        held: dict | None = None  # the plain-text response start, until its body has passed
+        held: dict | None = None  # the plain-text response start, until its body is complete
+        chunks: list[bytes] = []
 
         async def send_json_errors(message: dict) -> None:
             nonlocal held
-            if message["type"] == "http.response.start" and message["status"] in REWRITTEN:
+            if message["type"] == "http.response.start" and message["status"] in STARLETTE_TEXTS:
                 content_type = dict(message.get("headers", [])).get(b"content-type", b"")
                 if content_type.startswith(b"text/plain"):
                     held = message
@@ -40,22 +47,25 @@ class JsonRoutingErrorsMiddleware:
             if held is None or message["type"] != "http.response.body":
                 await send(message)
                 return
-            if message.get("more_body"):
-                return  # the plain-text body is replaced, not forwarded
-            await send_json(send, held, scope)
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body"):
+                text = b"".join(chunks).decode("utf-8", "replace")
+                await send_json(send, held, text, scope)
 
         await self.app(scope, receive, send_json_errors)
 
 
-async def send_json(send, start: dict, scope: dict) -> None:
+async def send_json(send, start: dict, text: str, scope: dict) -> None:
+    status = start["status"]
     headers = [
         (name, value)
         for name, value in start.get("headers", [])
         if name.lower() not in (b"content-type", b"content-length")
     ]
     allow = dict(headers).get(b"allow", b"").decode("latin-1")
-    message = routing_error_message(start["status"], scope["method"], scope["path"], allow)
-    body = json.dumps({"error": message}).encode()
+    message = routing_error_message(status, text, scope["method"], scope["path"], allow)
+    logger.warning("%s %s -> %d: %s", scope["method"], scope["path"][:200], status, message)
+    body = json.dumps({"error": message}, separators=(",", ":")).encode()
     headers += [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
-    await send({"type": "http.response.start", "status": start["status"], "headers": headers})
+    await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})

@@ -22,7 +22,7 @@ def test_flat_and_nested_images_are_both_accepted():
     [
         ([FLAT, NESTED], "image 0 has shape [784], image 1 has shape [28, 28]"),
         ([FLAT, FLAT, FLAT[:-1]], "image 0 has shape [784], image 2 has shape [783]"),
-        ([NESTED, [*NESTED[:27], [0.5]]], "image 1 is ragged"),
+        ([NESTED, [*NESTED[:27], [0.5]]], "image 1 is not a regular array"),
     ],
 )
 def test_mixed_or_ragged_batches_name_the_first_odd_image(images, named):
