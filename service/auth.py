@@ -1,28 +1,40 @@
-"""Optional API-key check for the prediction and model-information endpoints."""
+"""Optional API-key check: every path needs the key except health, metrics, docs and the page.
+
+Deny by default, so an endpoint added later is protected without anyone remembering to list it.
+"""
 
 from __future__ import annotations
 
 import hmac
 import json
 import logging
-from collections.abc import Collection
 
 logger = logging.getLogger("service.requests")
 
+# BentoML's health, readiness and metrics routes, its Swagger page with its spec and assets,
+# and this service's web page (which asks for the key itself before it calls the API).
+OPEN_PATHS = frozenset(
+    {"/", "/livez", "/healthz", "/readyz", "/metrics", "/docs.json", "/schema.json", "/ui"}
+)
+OPEN_PREFIXES = ("/static_content/", "/assets/", "/ui/")
+
+
+def is_open(path: str) -> bool:
+    return path in OPEN_PATHS or path.startswith(OPEN_PREFIXES)
+
 
 class ApiKeyMiddleware:
-    """ASGI middleware: `Authorization: Bearer <key>` required on `protected` paths.
+    """ASGI middleware: `Authorization: Bearer <key>` required on every path but the open ones.
 
-    Health, readiness, metrics, docs and the web page stay open. Comparison is constant-time.
+    Comparison is constant-time.
     """
 
-    def __init__(self, app, api_key: str, protected: Collection[str]) -> None:
+    def __init__(self, app, api_key: str) -> None:
         self.app = app
         self.expected = api_key.encode()
-        self.protected = frozenset(protected)
 
     async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] == "http" and scope["path"] in self.protected:
+        if scope["type"] == "http" and not is_open(scope["path"]):
             scheme, _, token = dict(scope["headers"]).get(b"authorization", b"").partition(b" ")
             # Scheme case-insensitive (RFC 9110 11.1); token compared in constant time.
             valid = hmac.compare_digest(token.strip(), self.expected)

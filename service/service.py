@@ -57,14 +57,6 @@ settings = load_settings()
 INLINE_UPLOAD_BYTES = 4 * 1024
 INLINE_BATCH_IMAGES = 256
 HEAVY_WORK_THREADS = 2  # concurrent big decodes / big forward passes per worker (memory bound)
-PROTECTED_ROUTES = (
-    "/predict_image",
-    "/predict_images",
-    "/predict",
-    "/predict_bulk",
-    "/preprocess_image",
-    "/model_info",
-)
 
 batch_size_histogram = bentoml.metrics.Histogram(
     name="mnist_adaptive_batch_size",
@@ -261,7 +253,5 @@ MNISTClassifier.add_asgi_middleware(JsonRoutingErrorsMiddleware)
 
 if settings.api_key is not None:
     MNISTClassifier.add_asgi_middleware(
-        ApiKeyMiddleware,
-        api_key=settings.api_key.get_secret_value(),
-        protected=PROTECTED_ROUTES,
+        ApiKeyMiddleware, api_key=settings.api_key.get_secret_value()
     )

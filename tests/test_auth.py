@@ -1,5 +1,5 @@
-"""With API_KEY set, prediction and model-information routes need `Authorization: Bearer <key>`;
-health, metrics, docs and the web page stay open."""
+"""With API_KEY set, every route needs `Authorization: Bearer <key>` except health, metrics,
+docs and the web page: deny by default, so a route added later is protected too."""
 
 from __future__ import annotations
 
@@ -81,7 +81,21 @@ def test_protected_routes_answer_with_the_key(keyed_server, good_requests, route
     assert response.status_code == 200, response.text
 
 
-@pytest.mark.parametrize("path", ["/livez", "/readyz", "/metrics", "/docs.json", "/", "/ui/"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/livez",
+        "/healthz",
+        "/readyz",
+        "/metrics",
+        "/docs.json",
+        "/schema.json",
+        "/",
+        "/static_content/swagger-ui.css",
+        "/ui/",
+        "/ui/app.js",
+    ],
+)
 def test_health_metrics_docs_and_page_stay_open(keyed_server, path):
     assert httpx.get(f"{keyed_server.url}{path}", timeout=10).status_code == 200
 
@@ -89,7 +103,16 @@ def test_health_metrics_docs_and_page_stay_open(keyed_server, path):
 @pytest.mark.parametrize("path", ["/model_info/", "/model%5Finfo", "//model_info", "/MODEL_INFO"])
 def test_path_spellings_do_not_bypass_the_key(keyed_server, path):
     response = httpx.post(f"{keyed_server.url}{path}", timeout=10, follow_redirects=True)
-    assert response.status_code in (401, 404), response.text
+    assert response.status_code == 401, response.text
+
+
+def test_routes_nobody_listed_need_the_key_too(keyed_server):
+    """Deny by default: an unknown route is 401 without the key and a JSON 404 with it."""
+    url = f"{keyed_server.url}/not_a_route_yet"
+    assert httpx.post(url, timeout=10).status_code == 401
+    with_key = httpx.post(url, timeout=10, headers={"authorization": f"Bearer {API_KEY}"})
+    assert with_key.status_code == 404
+    assert "no route" in with_key.json()["error"]
 
 
 def test_without_api_key_no_header_is_needed(server, good_requests):
