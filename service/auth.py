@@ -9,6 +9,8 @@ import hmac
 import json
 import logging
 
+from service.request_body import printable
+
 logger = logging.getLogger("service.requests")
 
 # BentoML's health, readiness and metrics routes, its Swagger page with its spec and assets,
@@ -16,45 +18,69 @@ logger = logging.getLogger("service.requests")
 OPEN_PATHS = frozenset(
     {"/", "/livez", "/healthz", "/readyz", "/metrics", "/docs.json", "/schema.json", "/ui"}
 )
-OPEN_PREFIXES = ("/static_content/", "/assets/", "/ui/")
+OPEN_PREFIXES = ("/static_content/", "/ui/")
+
+
+def route_path(scope: dict) -> str:
+    """The path the router matches: without `root_path`, as Starlette strips it."""
+    path, root = scope["path"], scope.get("root_path", "")
+    if root and path.startswith(root) and path[len(root) : len(root) + 1] in ("", "/"):
+        return path[len(root) :]
+    return path
 
 
 def is_open(path: str) -> bool:
+    """Open paths; a `.`/`..` segment, `//` or a backslash makes any path not open."""
+    if "//" in path or "\\" in path or any(s in (".", "..") for s in path.split("/")):
+        return False
     return path in OPEN_PATHS or path.startswith(OPEN_PREFIXES)
 
 
 class ApiKeyMiddleware:
     """ASGI middleware: `Authorization: Bearer <key>` required on every path but the open ones.
 
-    Comparison is constant-time.
+    Exactly one Authorization header; the token is compared in constant time.
     """
 
     def __init__(self, app, api_key: str) -> None:
+        if not api_key:
+            raise ValueError("the API key must not be empty: `Authorization: Bearer` would match")
         self.app = app
         self.expected = api_key.encode()
 
+    def authorized(self, headers: list[tuple[bytes, bytes]]) -> bool:
+        values = [value for name, value in headers if name.lower() == b"authorization"]
+        if len(values) != 1:  # none, or several that a proxy and this check might read apart
+            return False
+        scheme, _, token = values[0].partition(b" ")
+        # Scheme case-insensitive (RFC 9110 11.1); token compared in constant time.
+        valid = hmac.compare_digest(token.strip(), self.expected)
+        return scheme.lower() == b"bearer" and valid
+
     async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] == "http" and not is_open(scope["path"]):
-            scheme, _, token = dict(scope["headers"]).get(b"authorization", b"").partition(b" ")
-            # Scheme case-insensitive (RFC 9110 11.1); token compared in constant time.
-            valid = hmac.compare_digest(token.strip(), self.expected)
-            if scheme.lower() != b"bearer" or not valid:
-                logger.warning(
-                    "%s %s -> 401: missing or wrong API key", scope["method"], scope["path"]
-                )
-                body = json.dumps(
-                    {"error": "missing or invalid API key (Authorization: Bearer <key>)"}
-                )
-                await send(
-                    {
-                        "type": "http.response.start",
-                        "status": 401,
-                        "headers": [
-                            (b"content-type", b"application/json"),
-                            (b"www-authenticate", b'Bearer realm="mnist"'),
-                        ],
-                    }
-                )
-                await send({"type": "http.response.body", "body": body.encode()})
-                return
-        await self.app(scope, receive, send)
+        if scope["type"] not in ("http", "websocket") or is_open(route_path(scope)):
+            await self.app(scope, receive, send)
+            return
+        if self.authorized(scope["headers"]):
+            await self.app(scope, receive, send)
+            return
+        logger.warning(
+            "%s %s -> 401: missing or wrong API key",
+            scope.get("method", "WEBSOCKET"),
+            printable(scope["path"]),
+        )
+        if scope["type"] == "websocket":
+            await send({"type": "websocket.close", "code": 1008})  # policy violation
+            return
+        body = json.dumps({"error": "missing or invalid API key (Authorization: Bearer <key>)"})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 401,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"www-authenticate", b'Bearer realm="mnist"'),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body.encode()})

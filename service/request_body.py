@@ -18,6 +18,12 @@ from service.multipart import MultipartError, parse_multipart
 logger = logging.getLogger("service.requests")
 
 
+def printable(text: str, limit: int = 200) -> str:
+    """Client-controlled text made safe for one log line: capped, control characters escaped."""
+    text = text if len(text) <= limit else text[:limit] + "..."
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
+
+
 class ClientError(Exception):
     """A request the client must fix: answered with `status` and `{"error": message}`."""
 
@@ -29,9 +35,8 @@ class ClientError(Exception):
     def response(self, ctx: Any) -> Response:
         """The answer, logged as one line; `ctx` is the BentoML context (it owns the status)."""
         request = ctx.request
-        logger.warning(
-            "%s %s -> %d: %s", request.method, request.url.path, self.status, self.message
-        )
+        path, message = printable(request.url.path), printable(self.message, 500)
+        logger.warning("%s %s -> %d: %s", request.method, path, self.status, message)
         ctx.response.status_code = self.status
         return json_response({"error": self.message}, self.status)
 

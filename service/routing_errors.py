@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import logging
 
+from service.request_body import printable
+
 logger = logging.getLogger("service.requests")  # the logger of every other client error
 
 STARLETTE_TEXTS = {404: "Not Found", 405: "Method Not Allowed"}
@@ -18,7 +20,7 @@ def routing_error_message(status: int, text: str, method: str, path: str, allow:
     """Starlette's bare status phrase becomes a hint; any other text is kept as it was."""
     if text != STARLETTE_TEXTS[status]:
         return text
-    path = path if len(path) <= 200 else path[:200] + "..."
+    path = printable(path)
     if status == 404:
         return f"no route {path}; the API is described at /docs.json"
     return f"{method} is not allowed on {path}; use {allow or 'another method'}"
@@ -64,7 +66,8 @@ async def send_json(send, start: dict, text: str, scope: dict) -> None:
     ]
     allow = dict(headers).get(b"allow", b"").decode("latin-1")
     message = routing_error_message(status, text, scope["method"], scope["path"], allow)
-    logger.warning("%s %s -> %d: %s", scope["method"], scope["path"][:200], status, message)
+    path = printable(scope["path"])
+    logger.warning("%s %s -> %d: %s", scope["method"], path, status, printable(message, 500))
     body = json.dumps({"error": message}, separators=(",", ":")).encode()
     headers += [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
     await send({"type": "http.response.start", "status": status, "headers": headers})

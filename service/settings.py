@@ -24,7 +24,7 @@ class ServiceSettings(BaseSettings):
     api_key: SecretStr | None = Field(
         None,
         validation_alias=AliasChoices("API_KEY", "MNIST_API_KEY"),
-        description="When set, prediction and model-info endpoints need `Bearer <key>`.",
+        description="When set, every route but health, metrics, docs and /ui needs `Bearer <key>`.",
     )
     workers: int = Field(1, ge=1, le=64, description="Server worker processes.")
     torch_threads: int = Field(1, ge=1, le=256, description="torch threads per worker.")
@@ -52,7 +52,7 @@ class ServiceSettings(BaseSettings):
     @field_validator("model_path", "api_key", mode="before")
     @classmethod
     def _not_empty(cls, value: object) -> object:
-        # `API_KEY=` would require the unmatchable key "", `MODEL_PATH=` would mean "."
+        # `API_KEY=` would be matched by a bare `Authorization: Bearer`; `MODEL_PATH=` means "."
         if isinstance(value, str) and not value.strip():
             raise ValueError("must not be empty; unset the variable instead")
         return value
