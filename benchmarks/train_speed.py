@@ -50,10 +50,8 @@ def seed_style_loop(data_dir: Path, seed: int) -> Callable[[], tuple[float, floa
     def run_epoch() -> tuple[float, float]:
         started = time.perf_counter()
         model.train()
-        total_loss, train_correct = (
-            0.0,
-            0,
-        )  # the seed's per-epoch log; the project loop keeps it too
+        # the seed's per-epoch log (mean loss, train accuracy); the project loop keeps it too
+        total_loss, train_correct = 0.0, 0
         for x, y in train_loader:
             optimizer.zero_grad()
             logits = model(x.view(len(x), -1))

@@ -7,11 +7,8 @@ from __future__ import annotations
 
 import hmac
 import json
-import logging
 
-from service.request_body import printable
-
-logger = logging.getLogger("service.requests")
+from service.request_body import log_client_error
 
 # BentoML's health, readiness and metrics routes, its Swagger page with its spec and assets,
 # and this service's web page (which asks for the key itself before it calls the API).
@@ -64,11 +61,8 @@ class ApiKeyMiddleware:
         if self.authorized(scope["headers"]):
             await self.app(scope, receive, send)
             return
-        logger.warning(
-            "%s %s -> 401: missing or wrong API key",
-            scope.get("method", "WEBSOCKET"),
-            printable(scope["path"]),
-        )
+        method = scope.get("method", "WEBSOCKET")
+        log_client_error(method, scope["path"], 401, "missing or wrong API key")
         if scope["type"] == "websocket":
             await send({"type": "websocket.close", "code": 1008})  # policy violation
             return

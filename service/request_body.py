@@ -24,6 +24,11 @@ def printable(text: str, limit: int = 200) -> str:
     return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
 
 
+def log_client_error(method: str, path: str, status: int, message: str) -> None:
+    """Every client error of the service is this one line, never a traceback."""
+    logger.warning("%s %s -> %d: %s", method, printable(path), status, printable(message, 500))
+
+
 class ClientError(Exception):
     """A request the client must fix: answered with `status` and `{"error": message}`."""
 
@@ -35,8 +40,7 @@ class ClientError(Exception):
     def response(self, ctx: Any) -> Response:
         """The answer, logged as one line; `ctx` is the BentoML context (it owns the status)."""
         request = ctx.request
-        path, message = printable(request.url.path), printable(self.message, 500)
-        logger.warning("%s %s -> %d: %s", request.method, path, self.status, message)
+        log_client_error(request.method, request.url.path, self.status, self.message)
         ctx.response.status_code = self.status
         return json_response({"error": self.message}, self.status)
 

@@ -7,11 +7,8 @@ Starlette's router (under BentoML) answers them with plain text, `Not Found` and
 from __future__ import annotations
 
 import json
-import logging
 
-from service.request_body import printable
-
-logger = logging.getLogger("service.requests")  # the logger of every other client error
+from service.request_body import log_client_error, printable
 
 STARLETTE_TEXTS = {404: "Not Found", 405: "Method Not Allowed"}
 
@@ -66,8 +63,7 @@ async def send_json(send, start: dict, text: str, scope: dict) -> None:
     ]
     allow = dict(headers).get(b"allow", b"").decode("latin-1")
     message = routing_error_message(status, text, scope["method"], scope["path"], allow)
-    path = printable(scope["path"])
-    logger.warning("%s %s -> %d: %s", scope["method"], path, status, printable(message, 500))
+    log_client_error(scope["method"], scope["path"], status, message)
     body = json.dumps({"error": message}, separators=(",", ":")).encode()
     headers += [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
     await send({"type": "http.response.start", "status": status, "headers": headers})
