@@ -96,10 +96,10 @@ class Site:
             timeout=timeout,
         )
 
-    def store(self) -> dict:
-        """{"serving": tag the service would serve, "models": {tag: labels}}."""
+    def python(self, code: str, *args: str) -> str:
+        """Run a Python snippet against this site's store; returns its last printed line."""
         result = subprocess.run(
-            [sys.executable, "-c", STORE_QUERY],
+            [sys.executable, "-c", code, *args],
             cwd=REPO,
             env=self.env(),
             capture_output=True,
@@ -107,7 +107,11 @@ class Site:
             timeout=120,
         )
         assert result.returncode == 0, result.stderr
-        return json.loads(result.stdout.strip().splitlines()[-1])
+        return result.stdout.strip().splitlines()[-1]
+
+    def store(self) -> dict:
+        """{"serving": tag the service would serve, "models": {tag: labels}}."""
+        return json.loads(self.python(STORE_QUERY))
 
     def report(self, name: str) -> dict:
         return json.loads((self.reports / name / "report.json").read_text())
@@ -358,16 +362,7 @@ def test_a_second_build_waits_for_the_promotion_lock_and_gates_against_the_new_m
             printed += line
         assert build.poll() is None
         # Meanwhile "the other build" promotes a better model.
-        better = subprocess.run(
-            [sys.executable, "-c", PROMOTE_AT_99_PERCENT, str(site.output)],
-            cwd=REPO,
-            env=site.env(),
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        assert better.returncode == 0, better.stderr
-        better_tag = better.stdout.strip().splitlines()[-1]
+        better_tag = site.python(PROMOTE_AT_99_PERCENT, str(site.output))
     printed += build.stdout.read()
     assert build.wait(timeout=120) == 1, printed  # refused against the model promoted meanwhile
     refused_name = next(p.name for p in site.reports.iterdir() if p.name.startswith("refused-"))
