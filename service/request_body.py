@@ -37,12 +37,15 @@ class ClientError(Exception):
         self.status = status
         self.message = message
 
-    def response(self, ctx: Any) -> Response:
-        """The answer, logged as one line; `ctx` is the BentoML context (it owns the status)."""
-        request = ctx.request
-        log_client_error(request.method, request.url.path, self.status, self.message)
-        ctx.response.status_code = self.status
+    def answer(self, method: str, path: str) -> Response:
+        """The JSON answer, logged as one line."""
+        log_client_error(method, path, self.status, self.message)
         return json_response({"error": self.message}, self.status)
+
+    def response(self, ctx: Any) -> Response:
+        """The answer through a BentoML context (which owns the status code)."""
+        ctx.response.status_code = self.status
+        return self.answer(ctx.request.method, ctx.request.url.path)
 
 
 def json_response(payload: object, status: int = 200) -> Response:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
+from typing import Literal
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -26,12 +28,23 @@ class ServiceSettings(BaseSettings):
         validation_alias=AliasChoices("API_KEY", "MNIST_API_KEY"),
         description="When set, every route but health, metrics, docs and /ui needs `Bearer <key>`.",
     )
-    workers: int = Field(1, ge=1, le=64, description="Server worker processes.")
+    workers: int | Literal["auto"] = Field(
+        "auto",
+        description="Server worker processes; auto: the CPUs this process may use (cgroup aware).",
+    )
     torch_threads: int = Field(1, ge=1, le=256, description="torch threads per worker.")
     batching: bool = Field(True, description="Adaptive batching of /predict_image requests.")
     max_batch_size: int = Field(64, ge=1, le=4096, description="Largest adaptive batch.")
     max_latency_ms: float = Field(
-        2.0, ge=0, le=1000, description="How long a batch waits for more requests."
+        0.0,
+        ge=0,
+        le=1000,
+        description="How long a batch waits for more requests; 0: none (one event-loop turn).",
+    )
+    access_log: bool = Field(False, description="One line per request on the service.access log.")
+    tracing: bool = Field(False, description="OpenTelemetry spans for the prediction routes too.")
+    lean_path: bool = Field(
+        True, description="Serve the API routes ahead of BentoML's middleware stack (measured)."
     )
     max_upload_bytes: int = Field(
         10 * 1024 * 1024, ge=1024, description="Largest accepted image upload body (413 above)."
@@ -48,6 +61,21 @@ class ServiceSettings(BaseSettings):
     max_image_pixels: int = Field(
         40_000_000, ge=784, description="Largest decoded image (width x height) accepted."
     )
+
+    @field_validator("workers", mode="before")
+    @classmethod
+    def _workers(cls, value: object) -> object:
+        if isinstance(value, str) and value.strip().lower() == "auto":
+            return "auto"
+        if isinstance(value, str | int) and str(value).strip().isdigit():
+            if not 1 <= int(value) <= 64:
+                raise ValueError("must be auto or a whole number from 1 to 64")
+            return int(value)
+        raise ValueError("must be auto or a whole number from 1 to 64")
+
+    @property
+    def worker_count(self) -> int:
+        return usable_cpus() if self.workers == "auto" else self.workers
 
     @field_validator("model_path", "api_key", mode="before")
     @classmethod
@@ -88,3 +116,31 @@ def _variable(loc: tuple) -> str:
             given = [alias for alias in choices if alias.upper() in map(str.upper, os.environ)]
             return (given or choices)[0]
     return name
+
+
+def usable_cpus(cgroup_root: Path = Path("/sys/fs/cgroup")) -> int:
+    """CPUs this process may run on: its affinity mask, capped by a cgroup v2 (or v1) CPU quota.
+
+    `docker run --cpus 1.5` or a Kubernetes CPU limit shows up only as a quota, not in the mask.
+    """
+    cpus = len(os.sched_getaffinity(0))
+    quota = _cgroup_quota(cgroup_root)
+    if quota is not None:
+        cpus = min(cpus, max(1, math.ceil(quota)))
+    return max(1, cpus)
+
+
+def _cgroup_quota(root: Path) -> float | None:
+    try:
+        max_line = (root / "cpu.max").read_text().split()  # v2: "<quota> <period>" or "max ..."
+        if max_line and max_line[0] != "max":
+            return int(max_line[0]) / int(max_line[1])
+        return None
+    except (OSError, ValueError, IndexError):
+        pass
+    try:  # v1
+        quota = int((root / "cpu" / "cpu.cfs_quota_us").read_text())
+        period = int((root / "cpu" / "cpu.cfs_period_us").read_text())
+        return quota / period if quota > 0 and period > 0 else None
+    except (OSError, ValueError):
+        return None

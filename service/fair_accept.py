@@ -1,0 +1,179 @@
+"""Even connection spread over the workers that share one listening socket.
+
+BentoML's workers all accept from the socket its arbiter opened. Each worker's event loop
+accepts every pending connection it is woken for, so a burst of new connections (a load
+balancer's pool, wrk's 32) often lands mostly on one worker, and stays there for the life of
+the keep-alive connections: measured, one run got 28 of 32 connections on one worker and
+half the throughput. Here each worker accepts one connection at a time and steps aside while
+it holds more open connections than the least loaded sibling, whose counts it reads from a
+small shared file. A sibling that does not accept within `MAX_DEFER_S` (busy, or gone) is
+not waited for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import mmap
+import os
+import socket
+import struct
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import uvloop
+
+logger = logging.getLogger("service")
+
+BOARD_ENV = "_MNIST_CONNECTION_BOARD"
+SLOT = struct.Struct("=i")
+MAX_WORKERS = 64
+MAX_DEFER_S = 0.002
+RETRY_S = 0.0002
+
+
+class ConnectionBoard:
+    """Open-connection counts of every worker, one int32 each, in a shared mmap'd file."""
+
+    def __init__(self, path: Path, slot: int, workers: int) -> None:
+        self.slot, self.workers = slot, workers
+        with open(path, "r+b") as f:
+            self.map = mmap.mmap(f.fileno(), MAX_WORKERS * SLOT.size)
+        self.open = 0
+        self.publish()
+
+    @staticmethod
+    def create(path: Path) -> None:
+        path.write_bytes(bytes(MAX_WORKERS * SLOT.size))
+
+    def publish(self) -> None:
+        SLOT.pack_into(self.map, self.slot * SLOT.size, self.open)
+
+    def fewest_elsewhere(self) -> int:
+        counts = [
+            SLOT.unpack_from(self.map, i * SLOT.size)[0]
+            for i in range(self.workers)
+            if i != self.slot
+        ]
+        return min(counts, default=self.open)
+
+    def opened(self) -> None:
+        self.open += 1
+        self.publish()
+
+    def closed(self) -> None:
+        self.open -= 1
+        self.publish()
+
+
+class FairServer:
+    """What `loop.create_server(sock=...)` returns, for uvicorn: accepts fairly until closed."""
+
+    def __init__(self, loop, protocol_factory: Callable, sock: socket.socket, board) -> None:
+        self.loop, self.protocol_factory, self.board = loop, protocol_factory, board
+        self.sock = sock
+        self.sockets = [sock]
+        self.fd = sock.fileno()
+        sock.setblocking(False)
+        self.deferred_since: float | None = None
+        self.watching = False
+        self.closed = asyncio.Event()
+        self.watch()
+
+    def watch(self) -> None:
+        if not self.watching and not self.closed.is_set():
+            self.loop.add_reader(self.fd, self.on_readable)
+            self.watching = True
+
+    def step_aside(self) -> None:
+        self.loop.remove_reader(self.fd)
+        self.watching = False
+        self.loop.call_later(RETRY_S, self.watch)
+
+    def on_readable(self) -> None:
+        now = time.monotonic()
+        if self.board.open > self.board.fewest_elsewhere():
+            if self.deferred_since is None:
+                self.deferred_since = now
+            if now - self.deferred_since < MAX_DEFER_S:
+                self.step_aside()
+                return
+        self.deferred_since = None
+        try:
+            conn, _ = self.sock.accept()
+        except (BlockingIOError, InterruptedError):
+            return  # a sibling took it
+        except OSError as exc:  # e.g. out of file descriptors: back off instead of spinning
+            logger.warning("accept failed: %s", exc)
+            self.loop.remove_reader(self.fd)
+            self.watching = False
+            self.loop.call_later(0.1, self.watch)
+            return
+        conn.setblocking(False)
+        self.board.opened()
+        self.loop.create_task(self.serve(conn))
+        if self.board.workers > 1:
+            self.step_aside()  # one at a time: let a sibling take the next one
+
+    async def serve(self, conn: socket.socket) -> None:
+        board = self.board
+
+        def counted_protocol():
+            protocol = self.protocol_factory()
+            lost = protocol.connection_lost
+
+            def connection_lost(exc):
+                board.closed()
+                lost(exc)
+
+            protocol.connection_lost = connection_lost
+            return protocol
+
+        try:
+            await self.loop.connect_accepted_socket(counted_protocol, conn)
+        except OSError:
+            board.closed()
+            conn.close()
+
+    def close(self) -> None:
+        if self.watching:
+            self.loop.remove_reader(self.fd)
+            self.watching = False
+        self.closed.set()
+
+    async def wait_closed(self) -> None:
+        await self.closed.wait()
+
+    async def start_serving(self) -> None:
+        pass
+
+    def is_serving(self) -> bool:
+        return not self.closed.is_set()
+
+
+class FairLoop(uvloop.Loop):
+    """uvloop, except that a server on an inherited socket accepts fairly (see module doc)."""
+
+    board: ConnectionBoard | None = None
+
+    async def create_server(self, protocol_factory, host=None, port=None, *, sock=None, **kw):
+        if sock is None or self.board is None or kw.get("ssl") is not None:
+            return await super().create_server(protocol_factory, host, port, sock=sock, **kw)
+        return FairServer(self, protocol_factory, sock, self.board)
+
+
+def fair_loop_factory(use_subprocess: bool = False) -> Callable[[], asyncio.AbstractEventLoop]:
+    """uvicorn's loop factory hook (`uvicorn.config.LOOP_FACTORIES`)."""
+    return FairLoop
+
+
+def install(worker_slot: int, workers: int) -> None:
+    """In a worker: use the fair loop for uvicorn when the arbiter made a board."""
+    import uvicorn.config
+
+    board_path = os.environ.get(BOARD_ENV)
+    if not board_path or workers < 2 or not 0 <= worker_slot < MAX_WORKERS:
+        return
+    FairLoop.board = ConnectionBoard(Path(board_path), worker_slot, min(workers, MAX_WORKERS))
+    uvicorn.config.LOOP_FACTORIES["auto"] = f"{__name__}:fair_loop_factory"

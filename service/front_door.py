@@ -1,0 +1,179 @@
+"""The service's front door: every request meets it first, ahead of BentoML's middleware stack.
+
+Why (measured, docs/benchmarks.md): BentoML's stack around every route — a timeout timer and
+task per request that live for the whole traffic timeout, OpenTelemetry, its metrics and
+access-log middlewares, the request context, the router — costs several times the prediction
+itself, and the timers keep each request's objects alive long enough that garbage collection
+stalls the event loop (p99 ~300 ms). So the API routes are answered here, with what they need
+of that stack done cheaply: the API key, Prometheus metrics with bounded labels, an optional
+escaped access log, JSON errors mapped in one place. BentoML's own routes (health, /metrics,
+docs, the page) pass through to its stack unchanged; unknown paths never reach it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+import bentoml
+from starlette.requests import Request
+from starlette.responses import Response
+
+from service.auth import ApiKeyMiddleware, route_path
+from service.endpoints import Endpoints, Handler
+from service.request_body import ClientError, json_response, printable
+from service.routing_errors import routing_error_message
+
+logger = logging.getLogger("service")
+access_logger = logging.getLogger("service.access")
+
+# BentoML's own routes: health, readiness, metrics, Swagger page, spec, assets; and the web page.
+BENTOML_PATHS = frozenset(
+    {"/", "/livez", "/healthz", "/readyz", "/metrics", "/docs.json", "/schema.json", "/ui"}
+)
+BENTOML_PREFIXES = {"/ui/": "/ui", "/static_content/": "/static_content"}
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+OTHER = "other"
+
+requests_total = bentoml.metrics.Counter(
+    name="mnist_http_requests_total",
+    documentation="HTTP requests by route (unknown paths: other), method and status.",
+    labelnames=["route", "method", "status"],
+)
+request_seconds = bentoml.metrics.Histogram(
+    name="mnist_http_request_duration_seconds",
+    documentation="Time from the request's arrival at the front door to the end of its answer.",
+    labelnames=["route", "status"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+
+
+def route_label(path: str, api_paths: frozenset[str]) -> str:
+    """The metrics label of a path: a real route, or `other` (so clients cannot add series)."""
+    if path in api_paths or path in BENTOML_PATHS:
+        return path
+    for prefix, label in BENTOML_PREFIXES.items():
+        if path.startswith(prefix):
+            return label
+    return OTHER
+
+
+def is_bentoml_path(path: str) -> bool:
+    return path in BENTOML_PATHS or path.startswith(tuple(BENTOML_PREFIXES))
+
+
+class Observed:
+    """ASGI middleware: request count and latency per route and status, and the access log."""
+
+    def __init__(self, app, api_paths: frozenset[str], access_log: bool) -> None:
+        self.app = app
+        self.api_paths = api_paths
+        self.access_log = access_log
+        self._children: dict[tuple[str, str, int], tuple] = {}
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500  # what the client sees if the app raises before answering
+
+        async def send_observed(message: dict) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_observed)
+        finally:
+            self.observe(scope, status, time.perf_counter() - started)
+
+    def observe(self, scope: dict, status: int, seconds: float) -> None:
+        method = scope["method"] if scope["method"] in KNOWN_METHODS else OTHER
+        key = (route_label(route_path(scope), self.api_paths), method, status)
+        children = self._children.get(key)
+        if children is None:
+            route, _, code = key
+            children = self._children[key] = (
+                requests_total.labels(route=route, method=method, status=str(code)),
+                request_seconds.labels(route=route, status=str(code)),
+            )
+        children[0].inc()
+        children[1].observe(seconds)
+        if self.access_log:
+            access_logger.info(
+                "%s %s %d %.2fms",
+                printable(scope["method"], 20),
+                printable(scope["path"]),
+                status,
+                seconds * 1000,
+            )
+
+
+class ApiRouter:
+    """ASGI app: the API routes answered directly; BentoML's routes passed to its stack."""
+
+    def __init__(self, bentoml_app, endpoints: Callable[[], Endpoints | None], lean: bool) -> None:
+        self.app = bentoml_app
+        self.endpoints = endpoints
+        self.lean = lean
+        self._routes: dict[str, tuple[tuple[str, ...], Handler]] | None = None
+
+    def routes(self) -> dict[str, tuple[tuple[str, ...], Handler]] | None:
+        if self._routes is None and (endpoints := self.endpoints()) is not None:
+            self._routes = endpoints.routes()
+        return self._routes
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http" or not self.lean:
+            await self.app(scope, receive, send)
+            return
+        path = route_path(scope)
+        if is_bentoml_path(path):
+            await self.app(scope, receive, send)
+            return
+        routes = self.routes()
+        method = scope["method"]
+        if routes is None:
+            response = json_response({"error": "the model is still loading; retry shortly"}, 503)
+            response.headers["retry-after"] = "1"
+        elif (entry := routes.get(path)) is None:
+            message = routing_error_message(404, "Not Found", method, scope["path"], "")
+            response = ClientError(404, message).answer(method, scope["path"])
+        elif method not in entry[0]:
+            allow = ", ".join(entry[0])
+            message = routing_error_message(405, "Method Not Allowed", method, path, allow)
+            response = ClientError(405, message).answer(method, scope["path"])
+            response.headers["allow"] = allow
+        else:
+            response = await answer(entry[1], Request(scope, receive), method, scope["path"])
+        await response(scope, receive, send)
+
+
+async def answer(handler: Handler, request: Request, method: str, path: str) -> Response:
+    """Run one endpoint; client errors become their JSON 4xx, anything else a logged 500."""
+    try:
+        return await handler(request)
+    except ClientError as exc:
+        return exc.answer(method, path)
+    except Exception:
+        logger.exception("%s %s failed", method, printable(path))
+        return json_response({"error": "internal server error"}, 500)
+
+
+def front_door(
+    bentoml_app,
+    endpoints: Callable[[], Endpoints | None],
+    api_paths: frozenset[str],
+    *,
+    api_key: str | None,
+    access_log: bool,
+    lean: bool,
+):
+    """The whole front: metrics and access log, then the API key, then the routes."""
+    app = ApiRouter(bentoml_app, endpoints, lean)
+    if api_key is not None:
+        app = ApiKeyMiddleware(app, api_key=api_key)
+    return Observed(app, api_paths, access_log)
