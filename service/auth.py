@@ -14,6 +14,7 @@ from service.request_body import log_client_error
 # and this service's web page (which asks for the key itself before it calls the API).
 OPEN_PATHS = frozenset(
     {"/", "/livez", "/healthz", "/readyz", "/metrics", "/docs.json", "/schema.json", "/ui"}
+    | {"/v2/health/live", "/v2/health/ready"}  # the Open Inference Protocol's health routes
 )
 OPEN_PREFIXES = ("/static_content/", "/ui/")
 

@@ -22,6 +22,7 @@ from starlette.responses import Response
 
 from service.auth import ApiKeyMiddleware, route_path
 from service.endpoints import Endpoints, Handler
+from service.open_inference_routes import OpenInferenceRoutes
 from service.request_body import ClientError, json_response, printable
 from service.routing_errors import routing_error_message
 
@@ -35,6 +36,7 @@ BENTOML_PATHS = frozenset(
 BENTOML_PREFIXES = {"/ui/": "/ui", "/static_content/": "/static_content"}
 KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 OTHER = "other"
+ROUTE_KEY = "mnist.route"  # the router leaves the matched route's template here, for metrics
 
 requests_total = bentoml.metrics.Counter(
     name="mnist_http_requests_total",
@@ -92,7 +94,8 @@ class Observed:
 
     def observe(self, scope: dict, status: int, seconds: float) -> None:
         method = scope["method"] if scope["method"] in KNOWN_METHODS else OTHER
-        key = (route_label(route_path(scope), self.api_paths), method, status)
+        route = scope.get(ROUTE_KEY) or route_label(route_path(scope), self.api_paths)
+        key = (route, method, status)
         children = self._children.get(key)
         if children is None:
             route, _, code = key
@@ -120,11 +123,22 @@ class ApiRouter:
         self.endpoints = endpoints
         self.lean = lean
         self._routes: dict[str, tuple[tuple[str, ...], Handler]] | None = None
+        self._v2: OpenInferenceRoutes | None = None
 
-    def routes(self) -> dict[str, tuple[tuple[str, ...], Handler]] | None:
+    def loaded(self) -> bool:
         if self._routes is None and (endpoints := self.endpoints()) is not None:
             self._routes = endpoints.routes()
-        return self._routes
+            self._v2 = OpenInferenceRoutes(endpoints)
+        return self._routes is not None
+
+    def lookup(self, path: str) -> tuple[str, tuple[str, ...], Handler] | None:
+        """(route template, methods, handler) of a path; the model must be loaded."""
+        assert self._routes is not None and self._v2 is not None
+        if (entry := self._routes.get(path)) is not None:
+            return (path, *entry)
+        if path == "/v2" or path.startswith("/v2/"):
+            return self._v2.match(path)
+        return None
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http" or not self.lean:
@@ -134,21 +148,22 @@ class ApiRouter:
         if is_bentoml_path(path):
             await self.app(scope, receive, send)
             return
-        routes = self.routes()
         method = scope["method"]
-        if routes is None:
+        if not self.loaded():
             response = json_response({"error": "the model is still loading; retry shortly"}, 503)
             response.headers["retry-after"] = "1"
-        elif (entry := routes.get(path)) is None:
+        elif (entry := self.lookup(path)) is None:
             message = routing_error_message(404, "Not Found", method, scope["path"], "")
             response = ClientError(404, message).answer(method, scope["path"])
-        elif method not in entry[0]:
-            allow = ", ".join(entry[0])
-            message = routing_error_message(405, "Method Not Allowed", method, path, allow)
-            response = ClientError(405, message).answer(method, scope["path"])
-            response.headers["allow"] = allow
         else:
-            response = await answer(entry[1], Request(scope, receive), method, scope["path"])
+            scope[ROUTE_KEY], methods, handler = entry
+            if method not in methods:
+                allow = ", ".join(methods)
+                message = routing_error_message(405, "Method Not Allowed", method, path, allow)
+                response = ClientError(405, message).answer(method, scope["path"])
+                response.headers["allow"] = allow
+            else:
+                response = await answer(handler, Request(scope, receive), method, scope["path"])
         await response(scope, receive, send)
 
 
