@@ -118,9 +118,10 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1
 
-# What changes most often comes last: the code, then the model.
+# What changes most often comes last: the code, then the model. Of training/, only the core that
+# serving imports (checkpoint, model...); the retraining pipeline (training/pipeline/) stays out.
 COPY service/ /app/service/
-COPY training/ /app/training/
+COPY training/*.py /app/training/
 COPY --from=checkpoint /model.pt /app/model.pt
 
 USER 10001:10001

@@ -1,12 +1,16 @@
 # `make serve`: set up, train a model if the store has none, serve on :3000.
-# `make test`:  set up, lint, run the whole test suite.
+# `make test`:  set up, lint, run the whole test suite; `make test-fast`: unit + in-process tiers.
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 export BENTOML_DO_NOT_TRACK := true
 
-.PHONY: setup model train retrain serve test lint bench system-deps docker-engine docker
+# The tiers (markers in pyproject.toml): the end-to-end tests start real servers, builds,
+# containers and browsers; everything else runs in process.
+FAST_TESTS := not e2e and not docker and not browser and not slow
+
+.PHONY: setup model train retrain serve test test-fast lint bench system-deps docker-engine docker
 
 setup: $(STAMP)
 
@@ -16,13 +20,13 @@ $(STAMP): pyproject.toml
 	rm -f $(VENV)/.installed-* && touch $@
 
 model: setup  ## train and register a model unless the store already has one
-	$(BIN)/bentoml models get mnist-mlp:latest >/dev/null 2>&1 || $(BIN)/python -m training
+	$(BIN)/bentoml models get mnist-mlp:latest >/dev/null 2>&1 || $(BIN)/mnist-train
 
 train: setup
-	$(BIN)/python -m training $(ARGS)
+	$(BIN)/mnist-train $(ARGS)
 
 retrain: setup  ## retrain, gate, promote, ship: make retrain ARGS="--dry-run"
-	scripts/build $(ARGS)
+	$(BIN)/mnist-build $(ARGS)
 
 serve: model
 	$(BIN)/bentoml serve --port 3000
@@ -30,12 +34,16 @@ serve: model
 system-deps:  ## Chromium + driver for the browser test (Debian, as root)
 	bash scripts/system-deps.sh
 
-lint: setup
+lint: setup  ## ruff and mypy
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy service training
 
 test: setup system-deps lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-fast: setup  ## the unit and in-process tiers, in about a minute
+	$(BIN)/python -m pytest -m "$(FAST_TESTS)" $(PYTEST_ARGS)
 
 docker-engine:  ## a Docker engine and local base image without a registry (Debian, root)
 	bash scripts/docker-engine.sh

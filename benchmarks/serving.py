@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import io
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -23,31 +21,14 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
-import numpy as np
-from PIL import Image
-
-from tests.serving import running_server, server_env
+from tests.support.images import png_bytes as png
+from tests.support.metrics import batch_histogram, histogram_delta
+from tests.support.multipart import multipart_body
+from tests.support.processes import process_tree_rss_mb
+from tests.support.servers import running_server, server_env
 from training.data import ensure_mnist, load_split
 
 LUA = Path(__file__).with_name("bodies.lua")
-
-
-def process_tree_rss_mb(pid: int) -> float:
-    """Resident memory of a process and all its descendants, in MB."""
-    pids, frontier = [pid], [pid]
-    while frontier:
-        children = subprocess.run(
-            ["pgrep", "-P", ",".join(map(str, frontier))], capture_output=True, text=True
-        ).stdout.split()
-        frontier = [int(c) for c in children]
-        pids += frontier
-    total_kb = 0
-    for p in pids:
-        with contextlib.suppress(FileNotFoundError):
-            status = Path(f"/proc/{p}/status").read_text()
-            total_kb += int(re.search(r"VmRSS:\s+(\d+)", status).group(1))
-    return total_kb / 1024
 
 
 @contextlib.contextmanager
@@ -57,27 +38,6 @@ def server(model_path: Path, home: Path, **settings: str) -> Iterator[tuple[str,
     started = time.perf_counter()
     with running_server(env, home / "server.log") as running:
         yield running.url, running.process.pid, time.perf_counter() - started
-
-
-def batch_histogram(url: str) -> dict[str, float]:
-    text = httpx.get(f"{url}/metrics").text
-    counts: dict[str, float] = {}
-    for le, value in re.findall(
-        r'mnist_adaptive_batch_size_bucket\{[^}]*le="([^"]+)"[^}]*\} (\S+)', text
-    ):
-        counts[le] = counts.get(le, 0) + float(value)
-    return counts
-
-
-def histogram_delta(before: dict[str, float], after: dict[str, float]) -> dict[str, int]:
-    """Non-cumulative batch counts per bucket upper bound, for one run."""
-    cumulative = [(le, after.get(le, 0) - before.get(le, 0)) for le in after]
-    result, previous = {}, 0.0
-    for le, count in cumulative:
-        if count - previous:
-            result[le] = int(count - previous)
-        previous = count
-    return result
 
 
 def wrk(
@@ -128,21 +88,6 @@ def write_bodies(directory: Path, bodies: list[bytes]) -> Path:
     return directory
 
 
-def multipart(field: str, png: bytes, boundary: str = "mnistbenchboundary") -> bytes:
-    return (
-        f'--{boundary}\r\nContent-Disposition: form-data; name="{field}"; filename="d.png"\r\n'
-        f"Content-Type: image/png\r\n\r\n".encode()
-        + png
-        + f"\r\n--{boundary}--\r\n".encode()
-    )
-
-
-def png(pixels: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(pixels, mode="L").save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, default=Path("artifacts/model.pt"))
@@ -162,7 +107,13 @@ def main() -> None:
     results: dict = {"workers": args.workers, "duration_s": args.duration}
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
-        image_bodies = write_bodies(tmp / "png", [multipart("image", png(p)) for p in pixels[:200]])
+        image_bodies = write_bodies(
+            tmp / "png",
+            [
+                multipart_body([("image", "d.png", png(p))], "mnistbenchboundary")
+                for p in pixels[:200]
+            ],
+        )
         json_bodies = write_bodies(
             tmp / "json",
             [

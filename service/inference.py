@@ -9,8 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from training import load_checkpoint
-from training.checkpoint import build_model, metadata_of
+from training import Checkpoint
 
 
 @dataclass(frozen=True)
@@ -23,9 +22,9 @@ class Classifier:
     """A loaded MLP plus the metadata that describes it; thread-safe for inference."""
 
     def __init__(self, source: ModelSource) -> None:
-        payload = load_checkpoint(source.path)  # raises CheckpointError with a one-line reason
-        self.model = build_model(payload)
-        self.metadata: dict[str, Any] = metadata_of(payload)
+        checkpoint = Checkpoint.load(source.path)  # raises CheckpointError with a one-line reason
+        self.model = checkpoint.model
+        self.metadata: dict[str, Any] = checkpoint.metadata
         self.source = source
 
     def probabilities(self, images: np.ndarray) -> np.ndarray:

@@ -26,7 +26,11 @@ EXAMPLE_PROBABILITIES = [
     0.0002,
     0.0007,
 ]
-EXAMPLE_PREDICTION = {"digit": 7, "confidence": 0.9968, "probabilities": EXAMPLE_PROBABILITIES}
+EXAMPLE_PREDICTION: dict[str, Any] = {
+    "digit": 7,
+    "confidence": 0.9968,
+    "probabilities": EXAMPLE_PROBABILITIES,
+}
 
 
 class Prediction(BaseModel):
@@ -106,12 +110,6 @@ class ModelInfo(BaseModel):
         description="Commit of the training code, if known."
     )
     created_at: str = Field(description="When the checkpoint was written (UTC, ISO 8601).")
-
-
-class ErrorBody(BaseModel):
-    """Every 4xx answer: a JSON object naming the problem."""
-
-    error: str = Field(description="What was wrong with the request.")
 
 
 # Input specs: they document the request body; the endpoints read it themselves.

@@ -10,6 +10,8 @@ from typing import Literal
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from service.preprocess import MAX_IMAGE_PIXELS
+
 
 class ServiceSettings(BaseSettings):
     """Environment variables `MNIST_*` (and the two plain names `MODEL_PATH`, `API_KEY`)."""
@@ -59,7 +61,7 @@ class ServiceSettings(BaseSettings):
         4096, ge=1, description="Most images in one /predict or /predict_images request."
     )
     max_image_pixels: int = Field(
-        40_000_000, ge=784, description="Largest decoded image (width x height) accepted."
+        MAX_IMAGE_PIXELS, ge=784, description="Largest decoded image (width x height) accepted."
     )
 
     @field_validator("workers", mode="before")

@@ -1,25 +1,42 @@
-"""Shared fixtures: real MNIST, a model trained in this session, a real server."""
+"""Shared fixtures: real MNIST, a model trained in this session, a real server.
+
+The tiers (`make test-fast` runs all but the last): unit tests of the pieces, in-process tests
+(HTTP against the ASGI app, CLIs as subprocesses), and end-to-end tests marked `e2e` (plus
+`docker`, `browser`), which start real servers, builds, containers and browsers.
+"""
 
 from __future__ import annotations
 
-import io
 import os
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
-from tests.serving import REPO, Server, running_server, server_env
-from training.checkpoint import save_checkpoint
+from tests.support import REPO
+from tests.support.images import png_bytes
+from tests.support.servers import Server, running_server, server_env
 from training.data import ensure_mnist, load_split
-from training.train import TrainConfig, train
+from training.train import TrainConfig, train_and_save
 
-os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
+os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")  # for this process and every child
 DATA_DIR = REPO / "data"
 QUICK_CONFIG = TrainConfig(epochs=3, seed=0)
+REAL_SERVER_STARTERS = {"running_server", "serve_until_exit"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test that starts `bentoml serve` is end to end, marked or not: one that uses a
+    server fixture (`server`, `*_server`) or calls a starter of `tests.support.servers`."""
+    for item in items:
+        fixtures = getattr(item, "fixturenames", ())
+        names = getattr(getattr(item, "function", None), "__code__", None)
+        calls = set(names.co_names) if names else set()
+        if any(f == "server" or f.endswith("_server") for f in fixtures) or (
+            calls & REAL_SERVER_STARTERS
+        ):
+            item.add_marker(pytest.mark.e2e)
 
 
 @pytest.fixture(scope="session")
@@ -40,12 +57,8 @@ def mnist_test(mnist_md5) -> tuple[torch.Tensor, torch.Tensor]:
 @pytest.fixture(scope="session")
 def trained_checkpoint(tmp_path_factory, mnist_train, mnist_test, mnist_md5) -> Path:
     """A 3-epoch model (about 97 % test accuracy) trained once per test session."""
-    result = train(QUICK_CONFIG, mnist_train, mnist_test)
     path = tmp_path_factory.mktemp("model") / "model.pt"
-    metrics = {"test_accuracy": result.test_accuracy, "history": [vars(s) for s in result.history]}
-    save_checkpoint(
-        path, result.model, config=QUICK_CONFIG.as_dict(), metrics=metrics, data_md5=mnist_md5
-    )
+    train_and_save(QUICK_CONFIG, mnist_train, mnist_test, path, data_md5=mnist_md5)
     return path
 
 
@@ -54,12 +67,6 @@ def offline_model(trained_checkpoint):
     from training import load_model
 
     return load_model(trained_checkpoint)
-
-
-def png_bytes(pixels: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(pixels.astype(np.uint8), mode="L").save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 @pytest.fixture(scope="session")

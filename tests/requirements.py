@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from training.ship import docker_problem
+from training.pipeline.ship import docker_problem
 
 
 def unavailable(reason: str) -> None:

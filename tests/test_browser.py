@@ -27,10 +27,10 @@ from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import WebDriverWait
 
 from tests.requirements import unavailable
-from tests.serving import REPO
+from tests.support import REPO
 
 # usefixtures run before the test's own arguments, so the check precedes `server`.
-pytestmark = [pytest.mark.browser, pytest.mark.usefixtures("chromium_installed")]
+pytestmark = [pytest.mark.e2e, pytest.mark.browser, pytest.mark.usefixtures("chromium_installed")]
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")

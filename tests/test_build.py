@@ -1,4 +1,5 @@
-"""scripts/build end to end: real runs of the CLI, each into its own temp store, reports and output.
+"""The retraining pipeline: its gate rules and options in process, then `scripts/build` end to end
+(marked `e2e`): real runs of the CLI, each into its own temp store, reports and output.
 
 A "site" is one place a build writes to: a BentoML home, a reports folder and the checkpoint copy
 (`--output`). Builds run with `--no-docker` except in the Docker test.
@@ -7,7 +8,6 @@ A "site" is one place a build writes to: a BentoML home, a reports folder and th
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import io
 import json
 import os
@@ -25,11 +25,13 @@ from PIL import Image
 
 from tests.conftest import DATA_DIR
 from tests.requirements import require_docker_engine
-from tests.serving import REPO, running_server, server_env
-from training.cli import build_parser, parse_build_args
-from training.gate import Baseline, gate
-from training.promote import LOCK_FILE
-from training.ship import docker
+from tests.support import REPO
+from tests.support.servers import running_server, server_env
+from training.data import file_hexdigest
+from training.pipeline.cli import build_parser, parse_build_args
+from training.pipeline.gate import Baseline, gate
+from training.pipeline.promote import LOCK_FILE
+from training.pipeline.ship import docker
 
 BUILD = REPO / "scripts" / "build"
 QUICK = ["--quick", "--min-accuracy", "60"]  # 1 epoch on 2,000 images: about 76 %
@@ -48,10 +50,10 @@ print(json.dumps({"serving": serving_tag() if models else None, "models": models
 PROMOTE_AT_99_PERCENT = """
 import sys
 from pathlib import Path
-from training.checkpoint import read_metadata
+from training import Checkpoint
 from training.registry import register_checkpoint
 checkpoint = Path(sys.argv[1])
-metadata = read_metadata(checkpoint)
+metadata = Checkpoint.load(checkpoint).metadata
 metadata["metrics"]["test_accuracy"] = 0.99
 print(register_checkpoint(checkpoint, metadata, {"stage": "production"}))
 """
@@ -75,7 +77,7 @@ class Site:
 
     def env(self, **extra: str) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if k != "SOURCE_DATE_EPOCH"}
-        return {**env, "BENTOML_HOME": str(self.home), "BENTOML_DO_NOT_TRACK": "true", **extra}
+        return {**env, "BENTOML_HOME": str(self.home), **extra}
 
     def command(self, *args: str, program: Sequence[str] = (str(BUILD),)) -> list[str]:
         """`scripts/build` (or `program`) with this site's store, reports and output."""
@@ -122,7 +124,7 @@ class Site:
 
 
 def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    return file_hexdigest(path, "sha256")
 
 
 def tree_digest(path: Path) -> dict[str, str]:
@@ -209,6 +211,7 @@ def test_bad_options_are_usage_errors(args):
 # ---- real builds ---------------------------------------------------------------------------
 
 
+@pytest.mark.e2e
 def test_a_quick_build_promotes_and_writes_a_complete_report(site):
     site, tag = site
     version = tag.split(":")[1]
@@ -244,6 +247,7 @@ def test_a_quick_build_promotes_and_writes_a_complete_report(site):
             assert all(600 <= side <= 1500 for side in image.size), (name, image.size)
 
 
+@pytest.mark.e2e
 def test_a_server_started_afterwards_serves_the_promoted_model(site, tmp_path):
     site, tag = site
     report = site.report(tag.split(":")[1])
@@ -254,6 +258,7 @@ def test_a_server_started_afterwards_serves_the_promoted_model(site, tmp_path):
     assert info["test_accuracy"] == report["model"]["test_accuracy"]
 
 
+@pytest.mark.e2e
 def test_a_worse_candidate_is_refused_and_changes_nothing(site, tmp_path):
     site, tag = site
     site = site.copy(tmp_path / "site")
@@ -280,6 +285,7 @@ def test_a_worse_candidate_is_refused_and_changes_nothing(site, tmp_path):
     assert site.store()["serving"] == tag
 
 
+@pytest.mark.e2e
 def test_force_promotes_the_worse_candidate_and_says_so_loudly(site, tmp_path):
     site, tag = site
     site = site.copy(tmp_path / "site")
@@ -315,6 +321,7 @@ def test_force_promotes_the_worse_candidate_and_says_so_loudly(site, tmp_path):
     assert [m["tag"] for m in service["models"]] == [new_tag]
 
 
+@pytest.mark.e2e
 def test_same_options_and_seed_give_the_same_model(site, tmp_path):
     """Identity is the weights sha256; with the same SOURCE_DATE_EPOCH the file is identical too."""
     site, tag = site
@@ -338,6 +345,7 @@ def test_same_options_and_seed_give_the_same_model(site, tmp_path):
     assert sha256(again.output) == promoted["file_sha256"]
 
 
+@pytest.mark.e2e
 def test_a_second_build_waits_for_the_promotion_lock_and_gates_against_the_new_model(
     site, tmp_path
 ):
@@ -371,13 +379,15 @@ def test_a_second_build_waits_for_the_promotion_lock_and_gates_against_the_new_m
     assert site.store()["serving"] == better_tag
 
 
+@pytest.mark.e2e
 def test_a_failure_after_the_promotion_is_one_line_and_the_report_is_still_written(site, tmp_path):
     site, _ = site
     site = site.copy(tmp_path / "site")
     not_a_directory = site.root / "file"
     not_a_directory.write_text("")
     # No bentoml CLI next to this "interpreter", and --output cannot be written.
-    no_bentoml_cli = "import sys; sys.executable = '/nowhere/python'; import training.build as b; "
+    no_bentoml_cli = "import sys; sys.executable = '/nowhere/python'; "
+    no_bentoml_cli += "import training.pipeline.build as b; "
     program = [sys.executable, "-c", no_bentoml_cli + "sys.exit(b.main(sys.argv[1:]))"]
     args = [*QUICK, "--no-docker", "--bentoml-build", "--output", str(not_a_directory / "m.pt")]
     result = site.build(*args, program=program, PYTHONPATH=str(REPO))
@@ -398,8 +408,10 @@ def test_a_failure_after_the_promotion_is_one_line_and_the_report_is_still_writt
 # ---- shipping ------------------------------------------------------------------------------
 
 
+@pytest.mark.e2e
 @pytest.mark.docker
 @pytest.mark.timeout(1800)
+@pytest.mark.e2e
 def test_the_ship_step_builds_an_image_that_packs_the_promoted_checkpoint(site, tmp_path):
     require_docker_engine()
     site, _ = site

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from training import CheckpointError, load_model, read_metadata
+from training import Checkpoint, CheckpointError, load_model
 from training.checkpoint import save_checkpoint
 from training.model import MLP
 
@@ -34,7 +34,9 @@ def test_round_trip_gives_identical_outputs(saved):
 
 def test_metadata_describes_the_checkpoint(saved):
     _, path, sha = saved
-    meta = read_metadata(path)
+    checkpoint = Checkpoint.load(path)
+    assert checkpoint.sha256 == sha and checkpoint.path == path
+    meta = checkpoint.metadata
     assert meta["sha256"] == sha
     assert meta["architecture"] == {"xdim": 784, "hdim": 32, "ydim": 10}
     assert meta["config"]["hidden"] == 32

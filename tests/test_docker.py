@@ -18,12 +18,12 @@ import httpx
 import pytest
 
 from tests.requirements import require_docker_engine
-from tests.serving import free_port
-from training.ship import base_image, docker
+from tests.support import REPO
+from tests.support.servers import free_port
+from training.pipeline.ship import base_image, docker
 
-pytestmark = [pytest.mark.docker, pytest.mark.timeout(1800)]
+pytestmark = [pytest.mark.e2e, pytest.mark.docker, pytest.mark.timeout(1800)]
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 BUILD_TIMEOUT_S = 1500
 READY_TIMEOUT_S = 120
 STOP_BUDGET_S = 10
@@ -118,8 +118,8 @@ def image(docker_engine: None, trained_checkpoint: Path) -> Iterator[str]:
     model_path = f"artifacts/docker-test-{build_id}/model.pt"
     try:
         try:
-            (REPO_ROOT / model_path).parent.mkdir(parents=True)
-            shutil.copy2(trained_checkpoint, REPO_ROOT / model_path)
+            (REPO / model_path).parent.mkdir(parents=True)
+            shutil.copy2(trained_checkpoint, REPO / model_path)
             docker(
                 "build",
                 "--force-rm",
@@ -128,11 +128,11 @@ def image(docker_engine: None, trained_checkpoint: Path) -> Iterator[str]:
                 f"MODEL_PATH={model_path}",
                 "-t",
                 tag,
-                str(REPO_ROOT),
+                str(REPO),
                 timeout=BUILD_TIMEOUT_S,
             )
         finally:
-            shutil.rmtree((REPO_ROOT / model_path).parent, ignore_errors=True)
+            shutil.rmtree((REPO / model_path).parent, ignore_errors=True)
         yield tag
     finally:
         remove_image(tag, model_path)
@@ -196,6 +196,44 @@ def test_image_holds_no_cuda(image: str) -> None:
     assert torch_cuda == "None"
 
 
+IMPORTS_OF_THE_SERVICE = """
+import importlib.util, json, sys
+import service.service
+print(json.dumps({
+    "pipeline_found": importlib.util.find_spec("training.pipeline") is not None,
+    "training_modules": sorted(name for name in sys.modules if name.startswith("training")),
+}))
+"""
+
+
+def test_image_holds_the_training_core_but_not_the_pipeline(image: str) -> None:
+    """The service loads in the image, with the training core and without the pipeline."""
+    files = docker(
+        "run", "--rm", "--entrypoint", "find", image, "/app/training", "-name", "*.py",
+        timeout=120,
+    ).stdout.split()  # fmt: skip
+    assert "/app/training/checkpoint.py" in files
+    assert not [f for f in files if "pipeline" in f], files
+    imported = (
+        docker(
+            "run",
+            "--rm",
+            "--entrypoint",
+            "python",
+            image,
+            "-c",
+            IMPORTS_OF_THE_SERVICE,
+            timeout=120,
+        )
+        .stdout.strip()
+        .splitlines()[-1]
+    )
+    found = json.loads(imported)
+    assert not found["pipeline_found"]
+    assert "training.checkpoint" in found["training_modules"]
+    assert not [m for m in found["training_modules"] if m.startswith("training.pipeline")]
+
+
 def test_docker_stop_ends_the_server_promptly(image: str) -> None:
     with running_container(image) as (name, _):
         started = time.monotonic()
@@ -217,7 +255,7 @@ def test_build_without_checkpoint_fails_with_a_clear_message(docker_engine: None
             "MODEL_PATH=artifacts/no-such-checkpoint.pt",
             "--target",
             "checkpoint",
-            str(REPO_ROOT),
+            str(REPO),
             check=False,
             timeout=600,
         )

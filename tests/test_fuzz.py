@@ -3,7 +3,6 @@ clear 4xx (`{"error": "..."}`), never a 5xx, and the server keeps serving afterw
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import warnings
@@ -15,6 +14,11 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from PIL import Image, ImageDraw
+
+from tests.support.images import encoded
+from tests.support.multipart import multipart_body
+
+pytestmark = pytest.mark.e2e  # against the session's real server
 
 POST_ROUTES = (
     "/predict_image",
@@ -40,21 +44,19 @@ def sample_images() -> list[bytes]:
     """A hand-drawn '7' in every accepted format: seeds for corrupted uploads."""
     image = Image.new("L", (40, 48), 255)
     ImageDraw.Draw(image).line([(6, 6), (34, 6), (14, 44)], fill=0, width=5)
-    encoded = []
-    for fmt, mode in (
-        ("PNG", "L"),
-        ("PNG", "RGBA"),
-        ("JPEG", "RGB"),
-        ("GIF", "P"),
-        ("BMP", "RGB"),
-        ("WEBP", "RGB"),
-        ("TIFF", "I;16"),
-        ("PPM", "RGB"),
-    ):
-        buffer = io.BytesIO()
-        image.convert(mode).save(buffer, format=fmt)
-        encoded.append(buffer.getvalue())
-    return encoded
+    return [
+        encoded(image.convert(mode), fmt)
+        for fmt, mode in (
+            ("PNG", "L"),
+            ("PNG", "RGBA"),
+            ("JPEG", "RGB"),
+            ("GIF", "P"),
+            ("BMP", "RGB"),
+            ("WEBP", "RGB"),
+            ("TIFF", "I;16"),
+            ("PPM", "RGB"),
+        )
+    ]
 
 
 SAMPLE_IMAGES = sample_images()
@@ -88,21 +90,6 @@ def assert_handled(response: httpx.Response, allowed: set[int] | None = None) ->
         assert isinstance(body.get("error"), str) and body["error"], f"{where} -> {body!r}"
     if allowed is not None:
         assert status in allowed, f"{where} -> {status}: {response.text[:500]}"
-
-
-def multipart(parts: list[tuple[str, str, bytes]], boundary: str) -> bytes:
-    """A multipart/form-data body of (field, filename, data) file parts."""
-    body = b""
-    for field, filename, data in parts:
-        body += (
-            (
-                f'--{boundary}\r\nContent-Disposition: form-data; name="{field}"; '
-                f'filename="{filename}"\r\nContent-Type: image/png\r\n\r\n'
-            ).encode()
-            + data
-            + b"\r\n"
-        )
-    return body + f"--{boundary}--\r\n".encode()
 
 
 # Uploads -----------------------------------------------------------------------------------------
@@ -282,7 +269,7 @@ bodies = st.one_of(
             b"{}",
             b'{"images": [[0.5]]}',
             bytes(784),
-            multipart([("image", "x.png", SAMPLE_IMAGES[0])], "XyZ"),
+            multipart_body([("image", "x.png", SAMPLE_IMAGES[0])], "XyZ"),
             b"--XyZ\r\n\r\n--XyZ--\r\n",
             b"image=abc&images=def",
         ]
@@ -351,7 +338,7 @@ def test_any_content_type_and_body_on_every_route_gets_a_clear_answer(
 def test_truncated_multipart_bodies_get_400_not_fewer_answers(client, route, count, cut):
     path, field = route
     count = count if field == "images" else 1
-    body = multipart([(field, f"{i}.png", SAMPLE_IMAGES[0]) for i in range(count)], "b0undary")
+    body = multipart_body([(field, f"{i}.png", SAMPLE_IMAGES[0]) for i in range(count)], "b0undary")
     truncated = body[: int(cut * len(body))]
     response = client.post(
         path,

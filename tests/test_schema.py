@@ -37,6 +37,7 @@ OPERATIONS = (
     ("GET", "/metrics"),
 )
 CHECKS = [not_a_server_error, response_schema_conformance, content_type_conformance]
+pytestmark = pytest.mark.e2e  # against the session's real server
 
 
 @pytest.fixture(scope="module")

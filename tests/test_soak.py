@@ -15,7 +15,6 @@ and then levels off, which would hide a real leak; with 15 s it levels off durin
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import io
 import os
 import random
@@ -23,15 +22,16 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
 from PIL import Image
 
-from benchmarks.serving import process_tree_rss_mb
-from tests.serving import Server, running_server, server_env
+from tests.support.processes import process_tree_pids, process_tree_rss_mb
+from tests.support.servers import Server, running_server, server_env
+
+pytestmark = pytest.mark.e2e
 
 SOAK_REQUESTS = int(os.environ.get("SOAK_REQUESTS", "6000"))
 CONCURRENCY = 32
@@ -152,21 +152,6 @@ async def run_calls(url: str, calls: list[Call], tally: Tally) -> None:
         await asyncio.gather(*(worker(client) for _ in range(CONCURRENCY)))
 
 
-def process_tree(pid: int) -> set[int]:
-    """`pid` and its descendants: a change means a server process died and was replaced."""
-    tree, frontier = {pid}, [pid]
-    while frontier:
-        children = []
-        for parent in frontier:
-            with contextlib.suppress(FileNotFoundError):
-                children += map(
-                    int, Path(f"/proc/{parent}/task/{parent}/children").read_text().split()
-                )
-        tree.update(children)
-        frontier = children
-    return tree
-
-
 def warm_up(url: str, calls: list[Call], tally: Tally) -> int:
     """Repeat `calls` until the warm-up minimums are met; the number of requests sent."""
     started, sent = time.monotonic(), 0
@@ -180,7 +165,7 @@ def warm_up(url: str, calls: list[Call], tally: Tally) -> int:
 def test_mixed_load_gets_only_expected_answers_and_memory_stays_flat(soak_server, mnist_test_pngs):
     server = soak_server
     calls = mixed_calls(SOAK_REQUESTS, mnist_test_pngs)
-    processes = process_tree(server.process.pid)
+    processes = process_tree_pids(server.process.pid)
     tally = Tally()
 
     warmup = warm_up(server.url, mixed_calls(1000, mnist_test_pngs, seed=1), tally)
@@ -198,7 +183,9 @@ def test_mixed_load_gets_only_expected_answers_and_memory_stays_flat(soak_server
     )
     problems = tally.problems
     assert not problems, f"{len(problems)} unexpected answers, e.g.:\n" + "\n".join(problems[:20])
-    assert process_tree(server.process.pid) == processes, "a server process died during the soak"
+    assert process_tree_pids(server.process.pid) == processes, (
+        "a server process died during the soak"
+    )
     assert len(tally.resent) <= (warmup + len(calls)) // 1000, tally.resent[:20]
     assert rss_after - rss_before < MAX_RSS_GROWTH_MB, f"RSS {rss_before:.0f} -> {rss_after:.0f} MB"
     assert "Traceback" not in server.log(), server.log()[-3000:]

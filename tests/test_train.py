@@ -1,14 +1,16 @@
 """The training loop: it learns, it is reproducible, and the CLI does the whole job."""
 
+import os
 import subprocess
 import sys
 
 import pytest
 import torch
 
-from tests.serving import REPO
-from training import load_model, read_metadata
-from training.train import TrainConfig, evaluate, train
+from tests.support import REPO
+from tests.support.servers import BENTOML
+from training import Checkpoint
+from training.train import TrainConfig, evaluate, train, train_and_save
 
 
 def test_a_short_run_on_a_subset_learns(mnist_train, mnist_test):
@@ -42,6 +44,7 @@ def test_mse_loss_option_also_learns(mnist_train, mnist_test):
     assert result.test_accuracy > 0.7
 
 
+@pytest.mark.slow
 def test_full_default_recipe_reaches_97_8_percent(mnist_train, mnist_test, tmp_path):
     """The seed recipe on real MNIST (about 10 s here once the loop is in memory)."""
     result = train(TrainConfig(), mnist_train, mnist_test)
@@ -54,7 +57,7 @@ def test_cli_trains_saves_and_registers(tmp_path, mnist_md5):
     from tests.conftest import DATA_DIR
 
     out = tmp_path / "model.pt"
-    env = {"BENTOML_HOME": str(tmp_path / "bentoml"), "BENTOML_DO_NOT_TRACK": "true"}
+    env = {**os.environ, "BENTOML_HOME": str(tmp_path / "bentoml")}
     result = subprocess.run(
         [
             sys.executable,
@@ -75,26 +78,20 @@ def test_cli_trains_saves_and_registers(tmp_path, mnist_md5):
         capture_output=True,
         text=True,
         timeout=300,
-        env={**__import__("os").environ, **env},
+        env=env,
     )
     assert result.returncode == 0, result.stderr
     assert "epoch  1/1  loss" in result.stdout and "test acc" in result.stdout
-    meta = read_metadata(out)
-    assert f"sha256 {meta['sha256']}" in result.stdout
-    assert meta["config"]["hidden"] == 64 and meta["config"]["limit"] == 3000
-    assert load_model(out).hidden.weight.shape == (64, 784)
+    checkpoint = Checkpoint.load(out)
+    assert f"sha256 {checkpoint.sha256}" in result.stdout
+    assert checkpoint.metadata["config"]["hidden"] == 64
+    assert checkpoint.metadata["config"]["limit"] == 3000
+    assert checkpoint.model.hidden.weight.shape == (64, 784)
     listing = subprocess.run(
-        [
-            str(REPO / ".venv/bin/bentoml") if (REPO / ".venv/bin/bentoml").exists() else "bentoml",
-            "models",
-            "list",
-            "mnist-mlp",
-            "-o",
-            "json",
-        ],
+        [BENTOML, "models", "list", "mnist-mlp", "-o", "json"],
         capture_output=True,
         text=True,
-        env={**__import__("os").environ, **env},
+        env=env,
         timeout=60,
     )
     assert "mnist-mlp" in listing.stdout
@@ -109,3 +106,30 @@ def test_cli_rejects_bad_flags(args, message):
         [sys.executable, "-m", "training", *args], cwd=REPO, capture_output=True, text=True
     )
     assert result.returncode == 2 and message in result.stderr
+
+
+def test_train_and_save_returns_the_saved_file_without_wall_clock_content(
+    mnist_train, mnist_test, mnist_md5, tmp_path, monkeypatch
+):
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
+    config = TrainConfig(epochs=1, limit=1000, hidden=32)
+    result, checkpoint = train_and_save(
+        config, mnist_train, mnist_test, tmp_path / "a.pt", data_md5=mnist_md5
+    )
+    assert checkpoint.path == tmp_path / "a.pt" and not checkpoint.model.training
+    assert checkpoint.metadata["created_at"] == "2023-11-14T22:13:20+00:00"
+    assert checkpoint.metadata["git_commit"]  # the tests run in a checkout
+    (epoch,) = checkpoint.metadata["metrics"]["history"]
+    assert "seconds" not in epoch and result.history[0].seconds > 0
+    assert checkpoint.metadata["metrics"]["test_accuracy"] == result.test_accuracy
+    _, again = train_and_save(
+        config, mnist_train, mnist_test, tmp_path / "b.pt", data_md5=mnist_md5
+    )
+    assert again.sha256 == checkpoint.sha256  # same seed, code and time: the same bytes
+
+
+def test_a_bad_source_date_epoch_fails_before_training(mnist_md5, tmp_path, monkeypatch):
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "yesterday")
+    with pytest.raises(ValueError, match="SOURCE_DATE_EPOCH='yesterday'"):
+        train_and_save(TrainConfig(), None, None, tmp_path / "m.pt", data_md5=mnist_md5)
+    assert not (tmp_path / "m.pt").exists()

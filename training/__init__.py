@@ -1,9 +1,11 @@
-"""Training side of the MNIST service: data, model, loop, checkpoint, model store.
+"""The training core of the MNIST service: data -> model -> train -> checkpoint -> registry.
 
-Importing this package is cheap and torchvision-free, so the server can use `load_model`.
+This is what serving may import. Importing the package is cheap and torchvision-free, so the
+server can use `load_model` / `Checkpoint`. The retraining pipeline lives in `training.pipeline`,
+which serving never imports.
 """
 
-from training.checkpoint import CheckpointError, load_checkpoint, load_model, read_metadata
+from training.checkpoint import Checkpoint, CheckpointError, load_model, read_metadata
 from training.model import MLP
 
-__all__ = ["MLP", "CheckpointError", "load_checkpoint", "load_model", "read_metadata"]
+__all__ = ["MLP", "Checkpoint", "CheckpointError", "load_model", "read_metadata"]

@@ -11,14 +11,17 @@ import datetime as dt
 import hashlib
 import io
 import math
+import os
 import subprocess
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from training.data import write_atomically
+from training.errors import first_line
 from training.model import MLP
 
 FORMAT_VERSION = 1
@@ -27,14 +30,6 @@ REQUIRED_KEYS = ("format_version", "state_dict", "architecture", "weights_sha256
 
 class CheckpointError(ValueError):
     """The file is missing, unreadable, or not a valid checkpoint; the message says which."""
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def weights_sha256(state_dict: Mapping[str, torch.Tensor]) -> str:
@@ -67,6 +62,22 @@ def git_commit(cwd: Path | None = None) -> str | None:
         return None
 
 
+def creation_time() -> str:
+    """A checkpoint's `created_at`: $SOURCE_DATE_EPOCH when set (reproducible files), else now.
+
+    Raises ValueError when SOURCE_DATE_EPOCH is not a Unix time in seconds.
+    """
+    epoch = os.environ.get("SOURCE_DATE_EPOCH")
+    if epoch:
+        try:
+            moment = dt.datetime.fromtimestamp(int(epoch), dt.UTC)
+        except (ValueError, OverflowError, OSError):
+            raise ValueError(f"SOURCE_DATE_EPOCH={epoch!r} is not a Unix time in seconds") from None
+    else:
+        moment = dt.datetime.now(dt.UTC)
+    return moment.isoformat(timespec="seconds")
+
+
 def save_checkpoint(
     path: Path,
     model: MLP,
@@ -77,7 +88,11 @@ def save_checkpoint(
     created_at: str | None = None,
     commit: str | None = None,
 ) -> str:
-    """Write the checkpoint atomically and return the file's sha256."""
+    """Write the checkpoint atomically and return the file's sha256.
+
+    `created_at` defaults to `creation_time()`. Most callers want `train_and_save` instead,
+    which records the commit and keeps the file free of wall-clock timings.
+    """
     state_dict = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     payload = {
         "format_version": FORMAT_VERSION,
@@ -88,32 +103,58 @@ def save_checkpoint(
         "metrics": dict(metrics),
         "data_md5": dict(data_md5),
         "torch_version": str(torch.__version__),
-        "created_at": created_at or dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "created_at": created_at or creation_time(),
         "git_commit": commit,
     }
     buffer = io.BytesIO()
     torch.save(payload, buffer)
-    write_atomically(Path(path), buffer.getvalue())
-    return file_sha256(Path(path))
+    data = buffer.getvalue()
+    write_atomically(Path(path), data)
+    return hashlib.sha256(data).hexdigest()
 
 
-def load_checkpoint(path: Path) -> dict[str, Any]:
-    """Read and validate a checkpoint; raise CheckpointError with a one-line reason.
+@dataclass(frozen=True)
+class Checkpoint:
+    """A validated checkpoint file: the rebuilt model (eval mode) and what describes it.
 
-    The file is read once: the returned payload's `file_sha256` describes exactly the bytes
-    the weights came from, even if the file is replaced meanwhile.
+    `metadata` is everything in the file except the weights, plus `sha256`, the hash of the
+    bytes the weights came from: `load` reads the file once, so the two always belong together
+    even if the file is replaced meanwhile.
     """
-    path = Path(path)
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise CheckpointError(f"checkpoint not found: {path}") from None
-    except OSError as exc:
-        raise CheckpointError(f"cannot read checkpoint {path}: {exc.strerror}") from None
+
+    path: Path
+    model: MLP
+    metadata: dict[str, Any]
+
+    @property
+    def sha256(self) -> str:
+        return str(self.metadata["sha256"])
+
+    @property
+    def weights_sha256(self) -> str:
+        return str(self.metadata["weights_sha256"])
+
+    @classmethod
+    def load(cls, path: Path) -> Checkpoint:
+        """Read, validate and rebuild; raise CheckpointError with a one-line reason."""
+        path = Path(path)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise CheckpointError(f"checkpoint not found: {path}") from None
+        except OSError as exc:
+            raise CheckpointError(f"cannot read checkpoint {path}: {exc.strerror}") from None
+        payload = _validated_payload(data, path)
+        metadata = {k: v for k, v in payload.items() if k != "state_dict"}
+        metadata["sha256"] = hashlib.sha256(data).hexdigest()
+        return cls(path, _rebuilt_model(payload), metadata)
+
+
+def _validated_payload(data: bytes, path: Path) -> dict[str, Any]:
     try:
         payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for garbage/truncated files
-        reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        reason = first_line(exc, limit=200)
         raise CheckpointError(f"unreadable checkpoint {path}: {reason}") from None
     if not isinstance(payload, dict) or any(key not in payload for key in REQUIRED_KEYS):
         raise CheckpointError(f"not an mnist-mlp checkpoint: {path} (missing required fields)")
@@ -131,34 +172,26 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     accuracy = payload.get("metrics", {}).get("test_accuracy")
     if accuracy is not None and not math.isfinite(accuracy):
         raise CheckpointError(f"checkpoint {path} reports a non-finite accuracy")
-    payload["file_sha256"] = hashlib.sha256(data).hexdigest()
     return payload
 
 
-def build_model(payload: Mapping[str, Any]) -> MLP:
-    """Rebuild the MLP from a validated payload, in eval mode."""
+def _rebuilt_model(payload: Mapping[str, Any]) -> MLP:
+    """The MLP of a validated payload, in eval mode."""
     arch = payload["architecture"]
     try:
         model = MLP(xdim=int(arch["xdim"]), hdim=int(arch["hdim"]), ydim=int(arch["ydim"]))
         model.load_state_dict(payload["state_dict"], strict=True)
     except (KeyError, TypeError, ValueError, RuntimeError) as exc:
-        reason = str(exc).splitlines()[0][:200]
+        reason = first_line(exc, limit=200)
         raise CheckpointError(f"checkpoint does not match its architecture: {reason}") from None
     return model.eval()
 
 
 def load_model(path: Path) -> MLP:
     """The MLP rebuilt from the checkpoint alone, in eval mode."""
-    return build_model(load_checkpoint(path))
-
-
-def metadata_of(payload: dict[str, Any]) -> dict[str, Any]:
-    """Everything in a loaded checkpoint except the weights, with the file's sha256 as `sha256`."""
-    metadata = {k: v for k, v in payload.items() if k not in ("state_dict", "file_sha256")}
-    metadata["sha256"] = payload["file_sha256"]
-    return metadata
+    return Checkpoint.load(path).model
 
 
 def read_metadata(path: Path) -> dict[str, Any]:
-    """Everything in the checkpoint except the weights, plus the file's sha256."""
-    return metadata_of(load_checkpoint(path))
+    """`Checkpoint.load(path).metadata`: kept for callers not yet moved to `Checkpoint`."""
+    return Checkpoint.load(path).metadata

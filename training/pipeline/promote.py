@@ -14,11 +14,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from training.checkpoint import CheckpointError, read_metadata
-from training.gate import Baseline, GateDecision
+from training.checkpoint import Checkpoint, CheckpointError
+from training.pipeline.gate import Baseline, GateDecision
 from training.registry import (
     CHECKPOINT_FILE,
     PROMOTED_LABEL,
+    import_bentoml,
     register_checkpoint,
     serving_tag,
 )
@@ -32,6 +33,7 @@ class BaselineError(RuntimeError):
 
 def store_home() -> Path:
     """The BentoML home (`$BENTOML_HOME`, default ~/bentoml), as BentoML itself resolves it."""
+    import_bentoml()
     from bentoml._internal.configuration.containers import BentoMLContainer
 
     return Path(BentoMLContainer.bentoml_home.get())
@@ -61,8 +63,7 @@ def promotion_lock(log: Callable[[str], None] = print) -> Iterator[Path]:
 
 def current_baseline() -> Baseline | None:
     """What the service would serve now (`serving_tag()`), or None when the store is empty."""
-    import bentoml
-
+    bentoml = import_bentoml()
     try:
         tag = serving_tag()
     except bentoml.exceptions.NotFound:
@@ -72,7 +73,7 @@ def current_baseline() -> Baseline | None:
     accuracy = metadata.get("test_accuracy")
     if accuracy is None:  # an entry from before metadata was searchable: ask the checkpoint
         try:
-            checkpoint = read_metadata(Path(model.path_of(CHECKPOINT_FILE)))
+            checkpoint = Checkpoint.load(Path(model.path_of(CHECKPOINT_FILE))).metadata
         except CheckpointError as exc:
             raise BaselineError(f"cannot read the promoted model {tag}: {exc}") from None
         accuracy = checkpoint.get("metrics", {}).get("test_accuracy")
@@ -101,6 +102,6 @@ def register_promoted(
         "weights_sha256": metadata["weights_sha256"],
         "gate": "forced" if decision.forced else "passed",
         "replaces": decision.baseline.tag if decision.baseline else "none",
-        "promoted_by": "scripts/build",
+        "promoted_by": "mnist-build",
     }
     return register_checkpoint(candidate, metadata, extra_labels=labels), labels

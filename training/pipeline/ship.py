@@ -2,7 +2,7 @@
 
 Both are built from the repository (the build context) by their own CLIs, each with its output in
 a log file. Failures come back as results with a one-line `note` or as exceptions; the caller
-decides what they mean (for `scripts/build`: promoted, but not shipped).
+decides what they mean (for `mnist-build`: promoted, but not shipped).
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from training.pipeline import REPO
+
 LOCAL_BASE_IMAGE = "local/bookworm:latest"  # made by `make docker-engine` where no registry is
 
 

@@ -1,0 +1,102 @@
+"""Start the real `bentoml serve` on 127.0.0.1 for tests, and stop it by process id."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from tests.support import REPO
+
+BENTOML = str(Path(sys.executable).with_name("bentoml"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Server:
+    url: str
+    process: subprocess.Popen
+    log_path: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def server_env(bentoml_home: Path, **overrides: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MNIST_")}
+    env.pop("MODEL_PATH", None)
+    env.pop("API_KEY", None)
+    env.update(BENTOML_HOME=str(bentoml_home), BENTOML_DO_NOT_TRACK="true", **overrides)
+    return env
+
+
+def wait_ready(url: str, process: subprocess.Popen, timeout: float = 60) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            return False
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return True
+        time.sleep(0.05)
+    return False
+
+
+def stop(process: subprocess.Popen) -> None:
+    """SIGTERM the server's process group, SIGKILL if it lingers."""
+    if process.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=5)
+
+
+@contextlib.contextmanager
+def running_server(env: dict[str, str], log_path: Path) -> Iterator[Server]:
+    port = free_port()
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            [BENTOML, "serve", "--host", "127.0.0.1", "--port", str(port)],
+            cwd=REPO,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    server = Server(f"http://127.0.0.1:{port}", process, log_path)
+    try:
+        if not wait_ready(server.url, process):
+            raise RuntimeError(f"server did not become ready:\n{server.log()[-3000:]}")
+        yield server
+    finally:
+        stop(process)
+
+
+def serve_until_exit(env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess:
+    """Run `bentoml serve` expecting it to stop by itself (a bad model or setting)."""
+    return subprocess.run(
+        [BENTOML, "serve", "--host", "127.0.0.1", "--port", str(free_port())],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )

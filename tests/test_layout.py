@@ -1,0 +1,78 @@
+"""The layout's promises: serving and the training core never import the retraining pipeline,
+and the console scripts work from the installed project."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from tests.support import REPO
+from training.checkpoint import save_checkpoint
+from training.model import MLP
+
+BENTOML_SERVICE = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["bentoml"]["build"][
+    "service"
+]
+CORE_MODULES = """
+import importlib, pkgutil, training
+for module in pkgutil.iter_modules(training.__path__):
+    if not module.ispkg:
+        importlib.import_module(f"training.{module.name}")
+"""
+
+
+def modules_after(code: str, **env: str) -> list[str]:
+    """The modules a fresh interpreter has loaded once it has run `code`."""
+    listing = "\nimport sys\nprint(' '.join(sorted(sys.modules)))"
+    result = subprocess.run(
+        [sys.executable, "-c", code + listing],
+        cwd=REPO,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout.splitlines()[-1].split()
+
+
+def pipeline_modules(modules: list[str]) -> list[str]:
+    return [m for m in modules if m == "training.pipeline" or m.startswith("training.pipeline.")]
+
+
+def test_the_service_does_not_import_the_pipeline(tmp_path):
+    """What `bentoml serve` imports (pyproject's service module), with a model to load."""
+    model = tmp_path / "model.pt"
+    save_checkpoint(model, MLP(), config={}, metrics={"history": []}, data_md5={})
+    module = BENTOML_SERVICE.split(":")[0]
+    modules = modules_after(
+        f"import {module}", MODEL_PATH=str(model), BENTOML_HOME=str(tmp_path / "bentoml")
+    )
+    assert module in modules and "training.checkpoint" in modules
+    assert pipeline_modules(modules) == []
+
+
+def test_the_training_core_does_not_import_the_pipeline():
+    modules = modules_after(CORE_MODULES)
+    assert {"training.cli", "training.registry", "training.train"} <= set(modules)
+    assert pipeline_modules(modules) == []
+
+
+@pytest.mark.parametrize(
+    ("command", "usage"),
+    [
+        ([str(Path(sys.executable).with_name("mnist-train")), "--help"], "usage: mnist-train"),
+        ([str(Path(sys.executable).with_name("mnist-build")), "--help"], "usage: mnist-build"),
+        ([str(REPO / "scripts" / "build"), "--help"], "usage: mnist-build"),
+    ],
+    ids=["mnist-train", "mnist-build", "scripts/build"],
+)
+def test_the_commands_answer_help_from_any_directory(command, usage, tmp_path):
+    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(usage)

@@ -1,0 +1,43 @@
+"""Service settings, in process: a bad value is refused at start with one line naming the
+variable (tests/test_faults.py checks that `bentoml serve` itself stops on one)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from service.settings import load_settings
+
+BAD_SETTINGS = {
+    "MNIST_WORKERS": "abc",
+    "MNIST_MAX_BATCH_SIZE": "0",
+    "MNIST_BATCHING": "maybe",
+    "MNIST_MAX_LATENCY_MS": "-1",
+    "MNIST_MAX_UPLOAD_BYTES": "10MB",
+    "API_KEY": "",
+    "MNIST_API_KEY": " ",
+    "MODEL_PATH": "",
+}
+
+
+@pytest.fixture(autouse=True)
+def no_settings_in_the_environment(monkeypatch) -> None:
+    for name in os.environ:
+        if name.startswith("MNIST_") or name in ("MODEL_PATH", "API_KEY"):
+            monkeypatch.delenv(name)
+
+
+@pytest.mark.parametrize(("variable", "value"), BAD_SETTINGS.items())
+def test_a_bad_setting_is_one_line_naming_it(variable, value, monkeypatch):
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(SystemExit) as exit_info:
+        load_settings()
+    message = str(exit_info.value.code)
+    assert len(message.splitlines()) == 1, message
+    assert message.startswith(f"error: invalid service settings: {variable}: "), message
+
+
+def test_no_settings_means_the_defaults():
+    settings = load_settings()
+    assert settings.model_path is None and settings.api_key is None

@@ -1,0 +1,114 @@
+"""`mnist-build`'s command line: the training flags of `training.cli` plus gate, modes, outputs
+and shipping; every flag, default and check."""
+
+from __future__ import annotations
+
+import argparse
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+from training.cli import QUICK_EPOCHS, QUICK_LIMIT, add_training_arguments, check_training_arguments
+from training.pipeline import REPO
+from training.pipeline.gate import MIN_ACCURACY, TOLERANCE
+from training.pipeline.ship import LOCAL_BASE_IMAGE
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="mnist-build",
+        description=(
+            "Retrain the MNIST MLP and, if the gate accepts it, promote it: fetch and verify "
+            "MNIST, train, evaluate on the test set, gate against the promoted model, register "
+            "it in the BentoML store as stage=production, copy it to --output, build the Docker "
+            "image, and write a report. See docs/retraining.md."
+        ),
+        epilog=(
+            "Exit status: 0 promoted (or dry run), 1 refused by the gate, 2 error before "
+            "promotion (nothing changed), 3 promoted but a later step (copy to --output, image "
+            "or bento build) failed."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    add_training_arguments(p, data_dir=REPO / "data")
+    g = p.add_argument_group("gate")
+    g.add_argument(
+        "--min-accuracy",
+        type=float,
+        default=MIN_ACCURACY,
+        metavar="PERCENT",
+        help="refuse a candidate whose test accuracy is below this floor",
+    )
+    g.add_argument(
+        "--tolerance",
+        type=float,
+        default=TOLERANCE,
+        metavar="POINTS",
+        help="refuse a candidate more than this many percentage points below the promoted model",
+    )
+    g.add_argument(
+        "--force", action="store_true", help="promote even when the gate refuses (logged loudly)"
+    )
+    m = p.add_argument_group("modes")
+    m.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"{QUICK_EPOCHS} epoch on {QUICK_LIMIT:,} images unless --epochs/--limit say "
+        "otherwise; gated like any run, so it is refused by the default floor",
+    )
+    m.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="--quick, and promote nothing: run every step up to the gate, report what the gate "
+        "would decide (exit 0), touch neither the store, --output nor Docker",
+    )
+    o = p.add_argument_group("outputs")
+    o.add_argument(
+        "--output",
+        type=Path,
+        default=REPO / "artifacts" / "model.pt",
+        help="where the promoted checkpoint is copied (atomically); the Docker image packs it",
+    )
+    o.add_argument(
+        "--reports-dir",
+        type=Path,
+        default=REPO / "reports",
+        help="reports land in DIR/<version>/ (refused runs: DIR/refused-<time>/)",
+    )
+    s = p.add_argument_group("shipping")
+    s.add_argument(
+        "--no-docker", action="store_true", help="skip the Docker image build on purpose"
+    )
+    s.add_argument(
+        "--image-name",
+        default="mnist-service",
+        help="image repository: tags NAME:<version>, NAME:latest",
+    )
+    s.add_argument(
+        "--base-image",
+        help=f"BASE_IMAGE build argument; when None: {LOCAL_BASE_IMAGE} if that image exists, "
+        "else the Dockerfile's own default",
+    )
+    s.add_argument(
+        "--bentoml-build",
+        action="store_true",
+        help="also run `bentoml build` for a bento of the promoted model (needs uv, see docs)",
+    )
+    return p
+
+
+def parse_build_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """`mnist-build`'s options, checked; --quick/--dry-run defaults applied."""
+    p = build_parser()
+    args = p.parse_args(argv)
+    if args.quick or args.dry_run:  # smaller defaults; explicit --epochs/--limit still win
+        p.set_defaults(epochs=QUICK_EPOCHS, limit=QUICK_LIMIT, quick=True)
+        args = p.parse_args(argv)
+    check_training_arguments(p, args)
+    if not 0 <= args.min_accuracy <= 100:
+        p.error("--min-accuracy is a percentage between 0 and 100")
+    if not args.tolerance >= 0:
+        p.error("--tolerance must be zero or more percentage points")
+    if not re.fullmatch(r"[a-z0-9]+([._/-][a-z0-9]+)*", args.image_name):
+        p.error("--image-name must be a lowercase Docker repository name")
+    return args
