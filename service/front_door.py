@@ -13,10 +13,12 @@ docs, the page) pass through to its stack unchanged; unknown paths never reach i
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable
 
-import bentoml
+import prometheus_client
+from prometheus_client import multiprocess
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -31,19 +33,20 @@ access_logger = logging.getLogger("service.access")
 
 # BentoML's own routes: health, readiness, metrics, Swagger page, spec, assets; and the web page.
 BENTOML_PATHS = frozenset(
-    {"/", "/livez", "/healthz", "/readyz", "/metrics", "/docs.json", "/schema.json", "/ui"}
+    {"/", "/livez", "/healthz", "/readyz", "/docs.json", "/schema.json", "/ui"}
 )
+METRICS_PATH = "/metrics"
 BENTOML_PREFIXES = {"/ui/": "/ui", "/static_content/": "/static_content"}
 KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 OTHER = "other"
 ROUTE_KEY = "mnist.route"  # the router leaves the matched route's template here, for metrics
 
-requests_total = bentoml.metrics.Counter(
-    name="mnist_http_requests_total",
+requests_total = prometheus_client.Counter(
+    name="mnist_http_requests",
     documentation="HTTP requests by route (unknown paths: other), method and status.",
     labelnames=["route", "method", "status"],
 )
-request_seconds = bentoml.metrics.Histogram(
+request_seconds = prometheus_client.Histogram(
     name="mnist_http_request_duration_seconds",
     documentation="Time from the request's arrival at the front door to the end of its answer.",
     labelnames=["route", "status"],
@@ -53,7 +56,7 @@ request_seconds = bentoml.metrics.Histogram(
 
 def route_label(path: str, api_paths: frozenset[str]) -> str:
     """The metrics label of a path: a real route, or `other` (so clients cannot add series)."""
-    if path in api_paths or path in BENTOML_PATHS:
+    if path in api_paths or path in BENTOML_PATHS or path == METRICS_PATH:
         return path
     for prefix, label in BENTOML_PREFIXES.items():
         if path.startswith(prefix):
@@ -145,6 +148,9 @@ class ApiRouter:
             await self.app(scope, receive, send)
             return
         path = route_path(scope)
+        if path == METRICS_PATH and scope["method"] in ("GET", "HEAD"):
+            await metrics_page()(scope, receive, send)
+            return
         if is_bentoml_path(path):
             await self.app(scope, receive, send)
             return
@@ -165,6 +171,20 @@ class ApiRouter:
             else:
                 response = await answer(handler, Request(scope, receive), method, scope["path"])
         await response(scope, receive, send)
+
+
+def metrics_page() -> Response:
+    """Every worker's series (prometheus_client's multiprocess files under `bentoml serve`).
+
+    Served here rather than by BentoML's route, which is not there in process (tests) and runs
+    behind its middleware stack; the text is the same Prometheus exposition format.
+    """
+    registry = prometheus_client.REGISTRY
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = prometheus_client.CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+    body = prometheus_client.generate_latest(registry)
+    return Response(body, media_type=prometheus_client.CONTENT_TYPE_LATEST)
 
 
 async def answer(handler: Handler, request: Request, method: str, path: str) -> Response:

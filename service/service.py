@@ -16,6 +16,7 @@ import tempfile
 from pathlib import Path
 
 import bentoml
+import prometheus_client
 from starlette.responses import Response
 
 from service import fair_accept
@@ -50,7 +51,7 @@ API_PATHS = frozenset(
     | {"/model_info"}
 )
 
-batch_size_histogram = bentoml.metrics.Histogram(
+batch_size_histogram = prometheus_client.Histogram(
     name="mnist_adaptive_batch_size",
     documentation="Images per forward pass of the /predict_image adaptive batcher.",
     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
@@ -122,6 +123,8 @@ ACTIVE: dict[str, Endpoints] = {}  # this worker's endpoints, once the model is 
     http={"port": 3000},
     # The front door writes the access log (escaped, capped, MNIST_ACCESS_LOG) for every route.
     logging={"access": {"enabled": False}},
+    # The front door counts every request (bounded labels) and serves /metrics itself.
+    metrics={"enabled": False},
 )
 @bentoml.asgi_app(ui_app, path="/ui")
 class MNISTClassifier:
