@@ -210,6 +210,7 @@ class _FrontDoorService(type(MNISTClassifier)):  # type: ignore[misc]
             api_key=settings.api_key.get_secret_value() if settings.api_key else None,
             access_log=settings.access_log,
             lean=settings.lean_path,
+            tracing=settings.tracing,
         )
 
 

@@ -30,8 +30,8 @@ def app_with(service_module, **options):
     """The service's app with front-door options other than this process's settings."""
     from service.front_door import front_door
 
-    bentoml_app = type(service_module.MNISTClassifier).__mro__[1].to_asgi(
-        service_module.MNISTClassifier
+    bentoml_app = (
+        type(service_module.MNISTClassifier).__mro__[1].to_asgi(service_module.MNISTClassifier)
     )
     settings = {"api_key": None, "access_log": False, "lean": True, **options}
     return front_door(
@@ -106,9 +106,7 @@ def test_access_log_escapes_and_caps_client_text(service_module, caplog):
     assert lines[2].startswith("GET /livez 200")
 
 
-def test_bentoml_stack_answers_the_same_when_the_lean_path_is_off(
-    service_module, mnist_test_pngs
-):
+def test_bentoml_stack_answers_the_same_when_the_lean_path_is_off(service_module, mnist_test_pngs):
     png, digit = mnist_test_pngs[1]
     with TestClient(app_with(service_module, lean=False)) as client:
         answer = client.post("/predict_image", **image_upload(png))
@@ -127,3 +125,16 @@ def test_api_key_is_checked_before_routing(service_module):
         auth = {"authorization": "Bearer s3cret"}
         assert client.get("/no-such-route", headers=auth).status_code == 404
         assert client.get("/v2/models/mnist", headers=auth).status_code == 200
+
+
+def test_tracing_gives_each_request_a_span(service_module):
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    with TestClient(app_with(service_module, tracing=True, tracer_provider=provider)) as client:
+        assert client.get("/model_info").status_code == 200
+    assert any(span.name.startswith("GET") for span in exporter.get_finished_spans())
