@@ -10,7 +10,7 @@ export BENTOML_DO_NOT_TRACK := true
 # containers and browsers; everything else runs in process.
 FAST_TESTS := not e2e and not docker and not browser and not slow
 
-.PHONY: setup model train retrain serve test test-fast lint bench system-deps docker-engine docker
+.PHONY: setup model train retrain serve test test-fast lint bench bench-setup system-deps docker-engine docker
 
 setup: $(STAMP)
 
@@ -48,8 +48,20 @@ test-fast: setup  ## the unit and in-process tiers, in about a minute
 docker-engine:  ## a Docker engine and local base image without a registry (Debian, root)
 	bash scripts/docker-engine.sh
 
-bench: model  ## needs wrk (Debian: apt-get install wrk); set MNIST_WORKERS to compare
-	$(BIN)/python -m benchmarks.run_all
+# The side-by-side peer (TorchServe 0.12) needs Java and the TorchServe pair; wrk drives every run.
+BENCH_APT := openjdk-17-jre-headless wrk
+BENCH_PIP := torchserve==0.12.0 torch-model-archiver==0.12.0 pyyaml
+
+bench-setup: setup  ## Java 17 + wrk (Debian, as root) and TorchServe 0.12 into .venv, when missing
+	@if ! command -v java >/dev/null || ! command -v wrk >/dev/null; then \
+	  if [ "$$(id -u)" != 0 ]; then echo "bench-setup: as root: apt-get install -y $(BENCH_APT)" >&2; exit 1; fi; \
+	  apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $(BENCH_APT); \
+	fi
+	@$(BIN)/python -c "import ts, model_archiver, yaml" 2>/dev/null && test -x $(BIN)/torchserve \
+	  || $(BIN)/pip install --quiet --disable-pip-version-check $(BENCH_PIP)
+
+bench: model bench-setup  ## training, serving and side-by-side (TorchServe, bare ASGI) benchmarks
+	$(BIN)/python -m benchmarks.run_all $(ARGS)
 
 docker:  ## the serving image from artifacts/model.pt (add DOCKER_BUILD_ARGS for a local base)
 	docker build $(DOCKER_BUILD_ARGS) -t mnist-service .

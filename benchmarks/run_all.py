@@ -1,8 +1,12 @@
 """Run every benchmark and rewrite docs/benchmarks.md with the measured tables.
 
     make bench        # = .venv/bin/python -m benchmarks.run_all
+    .venv/bin/python -m benchmarks.run_all --only side-by-side --duration 10 --rounds 3
 
 The load generator (wrk, one thread) shares the machine with the server, as in the targets.
+Each benchmark writes one `## ` section, headed by its own machine line and date; `--only`
+re-runs some and keeps the other sections as they are in the document. Hand-written notes
+follow the `<!-- notes -->` marker and are kept.
 """
 
 from __future__ import annotations
@@ -19,6 +23,13 @@ from importlib.metadata import version
 from pathlib import Path
 
 DOC = Path("docs/benchmarks.md")
+PLOT = Path("docs/serving.png")
+NOTES = "<!-- notes -->"
+SECTIONS = {  # the heading that opens each benchmark's section, in document order
+    "train": "## Training",
+    "serving": "## Serving (",
+    "side-by-side": "## Side by side",
+}
 
 
 def machine() -> str:
@@ -47,15 +58,12 @@ def ms(value: float) -> str:
     return f"{value:.1f}"
 
 
-def render(train: dict, serving: dict) -> str:
+def render_train(train: dict) -> str:
     seed, ours = train["seed_style"], train["project"]
     lines = [
-        "# Benchmarks",
-        "",
-        "Rewritten by `make bench` (`.venv/bin/python -m benchmarks.run_all`).",
-        f"Machine: {machine()}.",
-        "",
         "## Training (`python -m benchmarks.train_speed`)",
+        "",
+        f"Machine: {machine()}.",
         "",
         "Same recipe (Adam 1e-3, batch 256, cross-entropy, evaluation every epoch), one process;",
         "the two loops' epochs alternate, so both see the same machine.",
@@ -73,7 +81,15 @@ def render(train: dict, serving: dict) -> str:
         + ", ".join(f"{k} {v:.2f}x" for k, v in train["epoch_speedups"].items())
         + ".",
         "",
+    ]
+    return "\n".join(lines)
+
+
+def render_serving(serving: dict) -> str:
+    lines = [
         "## Serving (`python -m benchmarks.serving`)",
+        "",
+        f"Machine: {machine()}.",
         "",
         f"Real `bentoml serve` on 127.0.0.1, MNIST_WORKERS={serving['workers']}, "
         f"wrk -t1 for {serving['duration_s']:.0f} s per row, 200 different MNIST test PNGs "
@@ -116,18 +132,86 @@ def render(train: dict, serving: dict) -> str:
     return "\n".join(lines)
 
 
+def render_side_by_side(results: dict, command: str) -> str:
+    """Issue 12's comparison: the tables come from benchmarks.side_by_side itself."""
+    from benchmarks.side_by_side import markdown
+
+    return "\n".join(
+        [
+            "## Side by side: this service, TorchServe 0.12, bare ASGI "
+            "(`python -m benchmarks.side_by_side`)",
+            "",
+            f"Machine: {machine()}. Command: `{command}`.",
+            "",
+            "A = `bentoml serve` with default settings (MNIST_WORKERS unset: auto), "
+            "B = TorchServe 0.12 with benchmarks/torchserve_handler.py (1 worker, batch 64 / "
+            "5 ms, WARN logging, job_queue_size 1000), C = benchmarks/bare_app.py under uvicorn "
+            "(uvloop, httptools, 2 workers, no access log). Same checkpoint, same decode, same "
+            "JSON answer; the harness checks the three agree before it measures.",
+            "",
+            markdown(results),
+            f"![req/s and p99 against concurrency]({PLOT.name})",
+            "",
+        ]
+    )
+
+
+def kept_sections(text: str) -> dict[str, str]:
+    """The generated sections of an existing document, by name (what `--only` leaves alone)."""
+    header, *chunks = ("\n" + text.split(NOTES, 1)[0]).split("\n## ")
+    # Documents from before per-section machine lines had one for all, in the header.
+    legacy = next((line for line in header.splitlines() if line.startswith("Machine:")), None)
+    found: dict[str, str] = {}
+    for chunk in chunks:
+        heading, _, rest = ("## " + chunk).rstrip("\n").partition("\n")
+        if legacy and "\nMachine:" not in rest:
+            rest = f"\n{legacy}\n{rest}"
+        for name, prefix in SECTIONS.items():
+            if heading.startswith(prefix):
+                found[name] = f"{heading}\n{rest}\n"
+    return found
+
+
+def document(sections: dict[str, str], notes: str) -> str:
+    header = [
+        "# Benchmarks",
+        "",
+        "Rewritten by `make bench` (`.venv/bin/python -m benchmarks.run_all`); each section",
+        "names the machine and date it was measured on.",
+        "",
+        "",
+    ]
+    body = [sections[name] for name in SECTIONS if name in sections]
+    return "\n".join(header) + "\n".join(body) + "\n" + NOTES + notes
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", default="15", help="seconds per serving run")
     parser.add_argument("--epochs", default="10")
+    parser.add_argument("--side-duration", default="10", help="seconds per side-by-side run")
+    parser.add_argument("--rounds", default="3", help="side-by-side rounds")
+    parser.add_argument("--model", help="side-by-side checkpoint (default: its own)")
+    parser.add_argument("--only", nargs="+", choices=list(SECTIONS), default=list(SECTIONS))
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        train = run("benchmarks.train_speed", Path(tmp) / "train.json", "--epochs", args.epochs)
-        serving = run("benchmarks.serving", Path(tmp) / "serving.json", "--duration", args.duration)
-    notes = ""
-    if DOC.exists() and "<!-- notes -->" in DOC.read_text():
-        notes = DOC.read_text().split("<!-- notes -->", 1)[1]
-    DOC.write_text(render(train, serving) + "\n<!-- notes -->" + notes)
+    old = DOC.read_text() if DOC.exists() else ""
+    sections = kept_sections(old)
+    notes = old.split(NOTES, 1)[1] if NOTES in old else "\n"
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        if "train" in args.only:
+            train = run("benchmarks.train_speed", tmp / "train.json", "--epochs", args.epochs)
+            sections["train"] = render_train(train)
+        if "serving" in args.only:
+            serving = run("benchmarks.serving", tmp / "serving.json", "--duration", args.duration)
+            sections["serving"] = render_serving(serving)
+        if "side-by-side" in args.only:
+            options = ["--duration", args.side_duration, "--rounds", args.rounds]
+            options += [*(["--model", args.model] if args.model else []), "--plot", str(PLOT)]
+            results = run("benchmarks.side_by_side", tmp / "side.json", *options)
+            command = "python -m benchmarks.side_by_side " + " ".join(options)
+            sections["side-by-side"] = render_side_by_side(results, command)
+    DOC.write_text(document(sections, notes))
     print(f"wrote {DOC}")
 
 
