@@ -95,7 +95,8 @@ def own_server(trained_checkpoint, tmp_path) -> Iterator[Server]:
     It has its own BENTOML_HOME too: every `bentoml serve` empties the home's Prometheus
     directory at start, which would silently stop the session server's /metrics updating.
     """
-    env = server_env(tmp_path, MODEL_PATH=str(trained_checkpoint))
+    # One worker (the default is one per CPU), so that killing it leaves none to answer.
+    env = server_env(tmp_path, MODEL_PATH=str(trained_checkpoint), MNIST_WORKERS="1")
     with running_server(env, tmp_path / "server.log") as server:
         yield server
 
