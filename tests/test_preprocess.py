@@ -274,7 +274,6 @@ def test_output_is_28x28_float32_in_unit_range(image):
         ("GIF", {}),
         ("WEBP", {"quality": 90}),
         ("TIFF", {}),
-        ("PPM", {}),
         ("MPO", {"save_all": True}),  # what many phone cameras write
     ],
 )
@@ -443,6 +442,15 @@ def test_truncated_file_is_invalid(fmt):
 def test_unsupported_format_is_invalid():
     data = encode(draw_zero(), "PCX")  # Pillow reads PCX, the service deliberately does not
     assert Image.open(io.BytesIO(data)).format == "PCX"
+
+    with pytest.raises(InvalidImageError, match="not a supported image"):
+        preprocess_image_bytes(data)
+
+
+@pytest.mark.parametrize("fmt", ["PPM", "PCX"])
+def test_formats_outside_the_supported_list_are_refused(fmt):
+    # PPM/PGM are no longer accepted: plain-text PGM comments are parsed a byte at a time.
+    data = encode(draw_zero(), fmt)
 
     with pytest.raises(InvalidImageError, match="not a supported image"):
         preprocess_image_bytes(data)
