@@ -36,6 +36,7 @@ BENTOML_PATHS = frozenset(
     {"/", "/livez", "/healthz", "/readyz", "/docs.json", "/schema.json", "/ui"}
 )
 METRICS_PATH = "/metrics"
+OPENAPI_PATH = "/docs.json"
 BENTOML_PREFIXES = {"/ui/": "/ui", "/static_content/": "/static_content"}
 KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 OTHER = "other"
@@ -121,10 +122,18 @@ class Observed:
 class ApiRouter:
     """ASGI app: the API routes answered directly; BentoML's routes passed to its stack."""
 
-    def __init__(self, bentoml_app, endpoints: Callable[[], Endpoints | None], lean: bool) -> None:
+    def __init__(
+        self,
+        bentoml_app,
+        endpoints: Callable[[], Endpoints | None],
+        lean: bool,
+        openapi: Callable[[], dict] | None = None,
+    ) -> None:
         self.app = bentoml_app
         self.endpoints = endpoints
         self.lean = lean
+        self.openapi = openapi
+        self._openapi_body: bytes | None = None
         self._routes: dict[str, tuple[tuple[str, ...], Handler]] | None = None
         self._v2: OpenInferenceRoutes | None = None
 
@@ -150,6 +159,11 @@ class ApiRouter:
         path = route_path(scope)
         if path == METRICS_PATH and scope["method"] in ("GET", "HEAD"):
             await metrics_page()(scope, receive, send)
+            return
+        if path == OPENAPI_PATH and self.openapi is not None and scope["method"] == "GET":
+            if self._openapi_body is None:
+                self._openapi_body = json_response(self.openapi()).body
+            await Response(self._openapi_body, media_type="application/json")(scope, receive, send)
             return
         if is_bentoml_path(path):
             await self.app(scope, receive, send)
@@ -208,6 +222,7 @@ def front_door(
     lean: bool,
     tracing: bool = False,
     tracer_provider=None,
+    openapi: Callable[[], dict] | None = None,
 ):
     """The whole front: metrics and access log, then the API key, then the routes.
 
@@ -215,7 +230,7 @@ def front_door(
     (exporter and sample rate from BentoML's `tracing` configuration); off by default, as it
     costs about half the throughput of the prediction routes.
     """
-    app = ApiRouter(bentoml_app, endpoints, lean)
+    app = ApiRouter(bentoml_app, endpoints, lean, openapi)
     if api_key is not None:
         app = ApiKeyMiddleware(app, api_key=api_key)
     app = Observed(app, api_paths, access_log)

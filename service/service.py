@@ -23,6 +23,7 @@ from service import fair_accept
 from service.endpoints import Endpoints, Handler
 from service.front_door import front_door
 from service.inference import Classifier, ModelSource
+from service.openapi import openapi_document
 from service.request_body import ClientError, RejectPickleMiddleware
 from service.routing_errors import JsonRoutingErrorsMiddleware
 from service.schemas import (
@@ -211,6 +212,7 @@ class _FrontDoorService(type(MNISTClassifier)):  # type: ignore[misc]
             access_log=settings.access_log,
             lean=settings.lean_path,
             tracing=settings.tracing,
+            openapi=lambda: openapi_document(self.openapi_spec.asdict(), API_PATHS),
         )
 
 

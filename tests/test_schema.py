@@ -30,6 +30,17 @@ OPERATIONS = (
     ("POST", "/predict_bulk"),
     ("POST", "/preprocess_image"),
     ("POST", "/model_info"),
+    ("GET", "/model_info"),
+    # The Open Inference Protocol routes.
+    ("GET", "/v2"),
+    ("GET", "/v2/health/live"),
+    ("GET", "/v2/health/ready"),
+    ("GET", "/v2/models/{model}"),
+    ("GET", "/v2/models/{model}/ready"),
+    ("POST", "/v2/models/{model}/infer"),
+    ("GET", "/v2/models/{model}/versions/{version}"),
+    ("GET", "/v2/models/{model}/versions/{version}/ready"),
+    ("POST", "/v2/models/{model}/versions/{version}/infer"),
     # BentoML's own infrastructure routes; they take no input, a few calls are enough.
     ("GET", "/healthz"),
     ("GET", "/livez"),
