@@ -1,4 +1,8 @@
-"""Serving's model side: where the checkpoint comes from; arrays in, probabilities out."""
+"""Serving's model side: where the checkpoint comes from; arrays in, probabilities out.
+
+torch is imported when a model is loaded, not with this module, so that `bentoml serve`'s
+supervisor process (which imports the service only to read its configuration) stays small.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-
-from training import Checkpoint
 
 
 @dataclass(frozen=True)
@@ -22,6 +23,11 @@ class Classifier:
     """A loaded MLP plus the metadata that describes it; thread-safe for inference."""
 
     def __init__(self, source: ModelSource) -> None:
+        import torch
+
+        from training import Checkpoint
+
+        self.torch = torch
         checkpoint = Checkpoint.load(source.path)  # raises CheckpointError with a one-line reason
         self.model = checkpoint.model
         self.metadata: dict[str, Any] = checkpoint.metadata
@@ -29,8 +35,8 @@ class Classifier:
 
     def probabilities(self, images: np.ndarray) -> np.ndarray:
         """(N, 784) float32 in [0, 1] -> (N, 10) float32 softmax probabilities."""
-        with torch.inference_mode():
-            return self.model(torch.from_numpy(images)).softmax(dim=1).numpy()
+        with self.torch.inference_mode():
+            return self.model(self.torch.from_numpy(images)).softmax(dim=1).numpy()
 
     def info(self) -> dict[str, Any]:
         meta = self.metadata

@@ -19,7 +19,7 @@ import bentoml
 import prometheus_client
 from starlette.responses import Response
 
-from service import fair_accept
+from service import fair_accept, supervisor
 from service.endpoints import Endpoints, Handler
 from service.front_door import front_door
 from service.inference import Classifier, ModelSource
@@ -86,16 +86,23 @@ def model_source(stored_model: object | None) -> ModelSource:
 def resolve_tag_or_exit() -> str | None:
     """The store tag to serve (None with MODEL_PATH), validated; exits with one line if unusable.
 
-    BentoML keeps serving (never ready) when a worker's `__init__` raises, so the model is
-    resolved and its checkpoint validated here, at import in the server process, once, before
-    any worker starts; the workers then serve exactly this tag.
+    The server process resolves the tag once; its workers inherit it through the environment,
+    so a promotion landing during start cannot split them across models. Under `bentoml serve`
+    the checkpoint is only checked for being readable here and fully by the workers (see
+    `service.supervisor`); anywhere else (tests, `bentoml build`) it is loaded here.
     """
     try:
-        # The server process resolves the tag once; its workers inherit it through the
-        # environment, so a promotion landing during start cannot split them across models.
         tag = None if settings.model_path else os.environ.get(TAG_ENV) or serving_tag()
-        if worker_slot() is None:  # workers load it in __init__ anyway
-            Classifier(model_source(bentoml.models.get(tag) if tag else None))
+        source = model_source(bentoml.models.get(tag) if tag else None)
+        if supervisor.is_supervisor(sys.argv):
+            supervisor.check_readable(source.path)
+            supervisor.watch_for_fatal_errors()
+        elif worker_slot() is None:  # workers load it in __init__ anyway
+            Classifier(source)
+    except OSError as exc:
+        raise SystemExit(
+            f"error: cannot serve: cannot read checkpoint {exc.filename}: {exc.strerror}"
+        ) from None
     except CheckpointError as exc:
         raise SystemExit(f"error: cannot serve: {exc}") from None
     except bentoml.exceptions.NotFound:
@@ -141,7 +148,11 @@ class MNISTClassifier:
 
         torch.set_num_threads(settings.torch_threads)
         stored = self.stored_model if SERVING_TAG is not None else None
-        classifier = Classifier(model_source(stored))
+        try:
+            classifier = Classifier(model_source(stored))
+        except CheckpointError as exc:
+            supervisor.report_fatal(f"error: cannot serve: {exc}")
+            raise
         self.endpoints = Endpoints(classifier, settings, on_batch=batch_size_histogram.observe)
         ACTIVE["endpoints"] = self.endpoints
         # The ~250k objects of torch, BentoML and the model live as long as the worker; a full

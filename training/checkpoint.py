@@ -21,15 +21,11 @@ from typing import Any
 import torch
 
 from training.data import write_atomically
-from training.errors import first_line
+from training.errors import CheckpointError, first_line
 from training.model import MLP
 
 FORMAT_VERSION = 1
 REQUIRED_KEYS = ("format_version", "state_dict", "architecture", "weights_sha256")
-
-
-class CheckpointError(ValueError):
-    """The file is missing, unreadable, or not a valid checkpoint; the message says which."""
 
 
 def weights_sha256(state_dict: Mapping[str, torch.Tensor]) -> str:

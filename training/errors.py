@@ -1,6 +1,10 @@
-"""Turning an exception into the one line that an error message quotes."""
+"""Errors of the training core, and the one line of an exception that a message quotes."""
 
 from __future__ import annotations
+
+
+class CheckpointError(ValueError):
+    """The file is missing, unreadable, or not a valid checkpoint; the message says which."""
 
 
 def first_line(exc: BaseException, *, with_type: bool = False, limit: int = 300) -> str:
