@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import anyio
 import numpy as np
@@ -16,6 +17,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from service.batcher import MicroBatcher
+from service.budget import Budget
+from service.decode_policy import ImageHeader, inspect_image
 from service.inference import Classifier, prediction
 from service.preprocess import NoDigitFoundError, PreprocessError, preprocess_image_bytes
 from service.request_body import (
@@ -32,14 +35,18 @@ from service.settings import ServiceSettings
 logger = logging.getLogger("service")
 
 # Work bigger than this leaves the event loop for a worker thread, so one large request does
-# not stall the many small ones. Compressed size bounds decoded size (zlib stays under ~1000:1),
-# so a 4 KB upload decodes in milliseconds; anything larger could be a 6000x6000 photo.
-INLINE_UPLOAD_BYTES = 4 * 1024
+# not stall the many small ones. Decode cost comes from what the image's header declares
+# (`inspect_image`: ~26 ns per work pixel here), never from the file's size: a 450-byte GIF can
+# declare a 40 M-pixel canvas. 100k work pixels is at most ~3 ms on the loop.
+INLINE_WORK_PIXELS = 100_000
 INLINE_JSON_BYTES = 256 * 1024
+INLINE_BULK_BYTES = 784 * 4096
 INLINE_BATCH_IMAGES = 256
 HEAVY_WORK_THREADS = 2  # concurrent big decodes / big forward passes per worker (memory bound)
+MAX_WAITING_HEAVY_WORK = 16  # more queued than this: 503, rather than a queue without bound
 
 Handler = Callable[[Request], Awaitable[Response]]
+T = TypeVar("T")
 
 
 class Endpoints:
@@ -54,6 +61,8 @@ class Endpoints:
         self.classifier = classifier
         self.settings = settings
         self.heavy_work = anyio.CapacityLimiter(HEAVY_WORK_THREADS)
+        self.body_budget = Budget("request body bytes", settings.max_body_bytes_in_flight)
+        self.decode_budget = Budget("decode memory bytes", settings.max_decode_bytes_in_flight)
         self.batcher = MicroBatcher(
             classifier.probabilities,
             max_batch_size=settings.max_batch_size if settings.batching else 1,
@@ -84,7 +93,17 @@ class Endpoints:
         files = await read_files(
             request, "images", self.settings.max_upload_bytes, self.settings.max_batch_images
         )
-        images = np.stack([await self.preprocess(data) for data in files])
+        headers = [self.inspect(data) for data in files]
+        work = sum(header.work_pixels for header in headers)
+        if work > self.settings.max_request_work_pixels:
+            raise ClientError(
+                413,
+                f"the images declare {work:,} pixels of decoding work in all; the limit per "
+                f"request is {self.settings.max_request_work_pixels:,}",
+            )
+        images = np.stack(
+            [await self.preprocess(d, h) for d, h in zip(files, headers, strict=True)]
+        )
         return json_response([prediction(row) for row in await self.probabilities(images)])
 
     async def predict(self, request: Request) -> Response:
@@ -95,16 +114,17 @@ class Endpoints:
         if len(body) <= INLINE_JSON_BYTES:
             images = images_from_json(body, limit)
         else:  # parsing megabytes of JSON takes a while: not on the event loop
-            images = await anyio.to_thread.run_sync(
-                images_from_json, body, limit, limiter=self.heavy_work
-            )
+            images = await self.in_thread(images_from_json, body, limit)
         return json_response([prediction(row) for row in await self.probabilities(images)])
 
     async def predict_bulk(self, request: Request) -> Response:
         """Raw N x 784 uint8 bytes (application/octet-stream) -> parallel digit/confidence lists."""
         require_media_type(request, "application/octet-stream")
         body = await read_body(request, self.settings.max_bulk_images * 784)
-        images = parse_bulk(body, self.settings.max_bulk_images)
+        if len(body) <= INLINE_BULK_BYTES:
+            images = parse_bulk(body, self.settings.max_bulk_images)
+        else:  # 78 MB to float32 takes a while: not on the event loop
+            images = await self.in_thread(parse_bulk, body, self.settings.max_bulk_images)
         probabilities = await self.probabilities(images)
         digits = probabilities.argmax(axis=1)
         confidences = probabilities[np.arange(len(digits)), digits]
@@ -126,29 +146,54 @@ class Endpoints:
         """Which model is served: tag, sha256, architecture, training config, accuracy."""
         return Response(self.model_info_body, media_type="application/json")
 
-    async def preprocess(self, data: bytes) -> np.ndarray:
-        """Upload bytes -> (784,) array; small files inline, big ones in a bounded thread pool."""
+    def inspect(self, data: bytes) -> ImageHeader:
+        """What decoding `data` will cost, from its header alone; refusals are 400s."""
+        try:
+            return inspect_image(data, max_pixels=self.settings.max_image_pixels)
+        except PreprocessError as exc:
+            raise ClientError(400, str(exc)) from None
+
+    async def preprocess(self, data: bytes, header: ImageHeader | None = None) -> np.ndarray:
+        """Upload bytes -> (784,) array: cheap images inline, costly ones in a bounded thread
+        pool, holding their declared peak memory from the decode budget until the thread ends
+        (a decode cannot be cancelled, so its memory is held even if the client leaves)."""
+        header = header or self.inspect(data)
+        if header.work_pixels > self.settings.max_request_work_pixels:
+            raise ClientError(
+                413,
+                f"the image declares {header.work_pixels:,} pixels of decoding work; the "
+                f"limit per request is {self.settings.max_request_work_pixels:,}",
+            )
 
         def run() -> np.ndarray:
             return preprocess_image_bytes(data, max_pixels=self.settings.max_image_pixels)
 
         try:
-            if len(data) <= INLINE_UPLOAD_BYTES:
+            if header.work_pixels <= INLINE_WORK_PIXELS:
                 array = run()
             else:
-                array = await anyio.to_thread.run_sync(run, limiter=self.heavy_work)
+                self.decode_budget.take(header.peak_bytes)
+                try:
+                    array = await self.in_thread(run)
+                finally:
+                    self.decode_budget.release(header.peak_bytes)
         except NoDigitFoundError as exc:
             raise ClientError(422, str(exc)) from None
-        except PreprocessError as exc:
+        except PreprocessError as exc:  # one line, no traceback: the upload's fault
             raise ClientError(400, str(exc)) from None
-        except Exception:  # a decoder failure Pillow does not classify: still the upload's fault
-            logger.exception("unexpected error while decoding an upload")
-            raise ClientError(400, "the image could not be processed") from None
         return array.reshape(784)
 
     async def probabilities(self, images: np.ndarray) -> np.ndarray:
         if len(images) <= INLINE_BATCH_IMAGES:
             return self.classifier.probabilities(images)
-        return await anyio.to_thread.run_sync(
-            self.classifier.probabilities, images, limiter=self.heavy_work
-        )
+        return await self.in_thread(self.classifier.probabilities, images)
+
+    async def in_thread(self, function: Callable[..., T], *args: object) -> T:
+        """Run heavy work in the bounded pool; 503 when too much is already waiting for it."""
+        if self.heavy_work.statistics().tasks_waiting >= MAX_WAITING_HEAVY_WORK:
+            raise ClientError(
+                503,
+                "the server is busy (heavy work queue full); retry shortly",
+                headers={"retry-after": "1"},
+            )
+        return await anyio.to_thread.run_sync(function, *args, limiter=self.heavy_work)

@@ -23,9 +23,16 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from service.auth import ApiKeyMiddleware, route_path
+from service.budget import release_all
 from service.endpoints import Endpoints, Handler
 from service.open_inference_routes import OpenInferenceRoutes
-from service.request_body import ClientError, json_response, printable
+from service.request_body import (
+    BODY_BUDGET_KEY,
+    BODY_TIMEOUT_KEY,
+    ClientError,
+    json_response,
+    printable,
+)
 from service.routing_errors import routing_error_message
 
 logger = logging.getLogger("service")
@@ -141,6 +148,8 @@ class ApiRouter:
         if self._routes is None and (endpoints := self.endpoints()) is not None:
             self._routes = endpoints.routes()
             self._v2 = OpenInferenceRoutes(endpoints)
+            self.body_budget = endpoints.body_budget
+            self.body_timeout = endpoints.settings.body_timeout_s
         return self._routes is not None
 
     def lookup(self, path: str) -> tuple[str, tuple[str, ...], Handler] | None:
@@ -183,7 +192,12 @@ class ApiRouter:
                 response = ClientError(405, message).answer(method, scope["path"])
                 response.headers["allow"] = allow
             else:
-                response = await answer(handler, Request(scope, receive), method, scope["path"])
+                scope[BODY_BUDGET_KEY] = self.body_budget
+                scope[BODY_TIMEOUT_KEY] = self.body_timeout
+                try:
+                    response = await answer(handler, Request(scope, receive), method, path)
+                finally:
+                    release_all(scope)
         await response(scope, receive, send)
 
 

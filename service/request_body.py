@@ -5,6 +5,7 @@ Kept apart from the model: these functions know HTTP (Starlette requests), nothi
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from typing import Any
@@ -32,15 +33,18 @@ def log_client_error(method: str, path: str, status: int, message: str) -> None:
 class ClientError(Exception):
     """A request the client must fix: answered with `status` and `{"error": message}`."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+        self.headers = headers or {}
 
     def answer(self, method: str, path: str) -> Response:
         """The JSON answer, logged as one line."""
         log_client_error(method, path, self.status, self.message)
-        return json_response({"error": self.message}, self.status)
+        response = json_response({"error": self.message}, self.status)
+        response.headers.update(self.headers)
+        return response
 
     def response(self, ctx: Any) -> Response:
         """The answer through a BentoML context (which owns the status code)."""
@@ -64,25 +68,46 @@ def require_media_type(request: Request, *expected: str) -> None:
         raise ClientError(415, f"expected Content-Type {' or '.join(expected)}, got {got}")
 
 
+BODY_BUDGET_KEY = "mnist.body_budget"  # the worker's body-bytes budget, set by the front door
+BODY_TIMEOUT_KEY = "mnist.body_timeout"  # seconds a body may take (408 after), set likewise
+
+
 async def read_body(request: Request, limit: int) -> bytes:
-    """The whole body, refused with 413 as soon as it exceeds `limit` bytes."""
+    """The whole body, refused with 413 as soon as it exceeds `limit` bytes.
+
+    The bytes count against the worker's body budget (if the scope carries one) until the
+    request ends; a full budget is a 503. A body slower than the scope's timeout is a 408.
+    """
+    from service.budget import hold
+
+    budget = request.scope.get(BODY_BUDGET_KEY)
+    timeout = request.scope.get(BODY_TIMEOUT_KEY, 30.0)
     declared = request.headers.get("content-length")
+    held = 0
     if declared is not None:
         if not declared.isdigit():
             raise ClientError(400, "invalid Content-Length header")
         if int(declared) > limit:
             raise ClientError(413, f"request body is {declared} bytes; the limit is {limit}")
+        if budget is not None:
+            held = int(declared)
+            hold(request.scope, budget, held)
     chunks, size = [], 0
     try:
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise ClientError(413, f"request body exceeds the limit of {limit} bytes")
-            chunks.append(chunk)
+        async with asyncio.timeout(timeout):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise ClientError(413, f"request body exceeds the limit of {limit} bytes")
+                if budget is not None and size > held:
+                    hold(request.scope, budget, size - held)
+                    held = size
+                chunks.append(chunk)
     except ClientDisconnect:  # nobody reads the answer; 499 keeps it out of the 5xx metrics
         raise ClientError(499, "client disconnected before sending the whole body") from None
-    body = b"".join(chunks)
-    return body
+    except TimeoutError:
+        raise ClientError(408, f"the request body was not complete within {timeout:g} s") from None
+    return b"".join(chunks)
 
 
 async def read_files(request: Request, field: str, limit: int, max_files: int) -> list[bytes]:

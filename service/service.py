@@ -19,7 +19,7 @@ import bentoml
 import prometheus_client
 from starlette.responses import Response
 
-from service import fair_accept, supervisor
+from service import fair_accept, http_protocol, supervisor
 from service.endpoints import Endpoints, Handler
 from service.front_door import front_door
 from service.inference import Classifier, ModelSource
@@ -119,6 +119,7 @@ SERVING_TAG = resolve_tag_or_exit()
 share_connection_board()
 if (SLOT := worker_slot()) is not None:
     fair_accept.install(SLOT, WORKERS)
+    http_protocol.install(settings.header_timeout_s)
 ACTIVE: dict[str, Endpoints] = {}  # this worker's endpoints, once the model is loaded
 
 

@@ -43,6 +43,25 @@ class ServiceSettings(BaseSettings):
         le=1000,
         description="How long a batch waits for more requests; 0: none (one event-loop turn).",
     )
+    max_body_bytes_in_flight: int = Field(
+        256 * 1024 * 1024, ge=1024, description="Request body bytes one worker holds at once."
+    )
+    max_decode_bytes_in_flight: int = Field(
+        1536 * 1024 * 1024,
+        ge=1024 * 1024,
+        description="Peak memory of the image decodes one worker runs at once (declared cost).",
+    )
+    max_request_work_pixels: int = Field(
+        120_000_000,
+        ge=784,
+        description="Decoding work one request may declare (pixels x passes; ~26 ns each).",
+    )
+    header_timeout_s: float = Field(
+        10.0, gt=0, le=600, description="Time a request's headers may take (408 after)."
+    )
+    body_timeout_s: float = Field(
+        30.0, gt=0, le=3600, description="Time a request's body may take (408 after)."
+    )
     access_log: bool = Field(False, description="One line per request on the service.access log.")
     tracing: bool = Field(False, description="OpenTelemetry spans for the prediction routes too.")
     lean_path: bool = Field(
