@@ -174,6 +174,10 @@ class ApiRouter:
                 self._openapi_body = json_response(self.openapi()).body
             await Response(self._openapi_body, media_type="application/json")(scope, receive, send)
             return
+        if path == "/ui":  # relative, so a forged Host header is never echoed back
+            response = Response(status_code=307, headers={"location": "/ui/"})
+            await response(scope, receive, send)
+            return
         if is_bentoml_path(path):
             await self.app(scope, receive, send)
             return

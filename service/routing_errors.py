@@ -15,7 +15,7 @@ STARLETTE_TEXTS = {404: "Not Found", 405: "Method Not Allowed"}
 
 def routing_error_message(status: int, text: str, method: str, path: str, allow: str) -> str:
     """Starlette's bare status phrase becomes a hint; any other text is kept as it was."""
-    if text != STARLETTE_TEXTS[status]:
+    if text != STARLETTE_TEXTS.get(status):
         return text
     path = printable(path)
     if status == 404:
@@ -24,7 +24,8 @@ def routing_error_message(status: int, text: str, method: str, path: str, allow:
 
 
 class JsonRoutingErrorsMiddleware:
-    """ASGI middleware: rewrite plain-text 404/405 responses as `{"error": "..."}` JSON."""
+    """ASGI middleware: rewrite plain-text 4xx responses (404, 405, a bad Range's 416...) as
+    `{"error": "..."}` JSON."""
 
     def __init__(self, app) -> None:
         self.app = app
@@ -38,7 +39,7 @@ class JsonRoutingErrorsMiddleware:
 
         async def send_json_errors(message: dict) -> None:
             nonlocal held
-            if message["type"] == "http.response.start" and message["status"] in STARLETTE_TEXTS:
+            if message["type"] == "http.response.start" and 400 <= message["status"] < 500:
                 content_type = dict(message.get("headers", [])).get(b"content-type", b"")
                 if content_type.startswith(b"text/plain"):
                     held = message
