@@ -166,6 +166,7 @@ def test_la_tiff_is_accepted(guarded_server, mnist_test_pngs):
         f"{guarded_server.url}/predict_image", **upload("image", [buffer.getvalue()])
     )
     assert answer.status_code == 200, answer.text
+    assert answer.json()["digit"] == digit
 
 
 def test_ui_redirect_does_not_echo_the_host(guarded_server):
