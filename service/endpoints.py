@@ -7,20 +7,27 @@ turns that into the JSON 4xx in one place. Nothing here knows BentoML.
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import TypeVar
 
 import anyio
 import numpy as np
+from PIL import Image
 from starlette.requests import Request
 from starlette.responses import Response
 
 from service.batcher import MicroBatcher
 from service.budget import Budget
-from service.decode_policy import ImageHeader, inspect_image
+from service.decode_policy import ImageHeader, open_image
 from service.inference import Classifier, prediction
-from service.preprocess import NoDigitFoundError, PreprocessError, preprocess_image_bytes
+from service.preprocess import (
+    NoDigitFoundError,
+    PreprocessError,
+    preprocess_image_bytes,
+    preprocess_opened,
+)
 from service.request_body import (
     ClientError,
     images_from_json,
@@ -47,6 +54,17 @@ MAX_WAITING_HEAVY_WORK = 16  # more queued than this: 503, rather than a queue w
 
 Handler = Callable[[Request], Awaitable[Response]]
 T = TypeVar("T")
+
+
+@contextlib.contextmanager
+def preprocess_errors() -> Iterator[None]:
+    """A refused image as its 4xx: one line, no traceback, the upload's fault."""
+    try:
+        yield
+    except NoDigitFoundError as exc:
+        raise ClientError(422, str(exc)) from None
+    except PreprocessError as exc:
+        raise ClientError(400, str(exc)) from None
 
 
 class Endpoints:
@@ -148,8 +166,11 @@ class Endpoints:
 
     def inspect(self, data: bytes) -> ImageHeader:
         """What decoding `data` will cost, from its header alone; refusals are 400s."""
+        return self.open(data)[1]
+
+    def open(self, data: bytes) -> tuple[Image.Image, ImageHeader]:
         try:
-            return inspect_image(data, max_pixels=self.settings.max_image_pixels)
+            return open_image(data, max_pixels=self.settings.max_image_pixels)
         except PreprocessError as exc:
             raise ClientError(400, str(exc)) from None
 
@@ -157,7 +178,12 @@ class Endpoints:
         """Upload bytes -> (784,) array: cheap images inline, costly ones in a bounded thread
         pool, holding their declared peak memory from the decode budget until the thread ends
         (a decode cannot be cancelled, so its memory is held even if the client leaves)."""
-        header = header or self.inspect(data)
+        if header is None:
+            image, header = self.open(data)
+            if header.work_pixels <= INLINE_WORK_PIXELS:  # the common case: opened once
+                with preprocess_errors():
+                    return preprocess_opened(image).reshape(784)
+            image.close()
         if header.work_pixels > self.settings.max_request_work_pixels:
             raise ClientError(
                 413,
@@ -168,20 +194,14 @@ class Endpoints:
         def run() -> np.ndarray:
             return preprocess_image_bytes(data, max_pixels=self.settings.max_image_pixels)
 
-        try:
+        with preprocess_errors():
             if header.work_pixels <= INLINE_WORK_PIXELS:
-                array = run()
-            else:
-                self.decode_budget.take(header.peak_bytes)
-                try:
-                    array = await self.in_thread(run)
-                finally:
-                    self.decode_budget.release(header.peak_bytes)
-        except NoDigitFoundError as exc:
-            raise ClientError(422, str(exc)) from None
-        except PreprocessError as exc:  # one line, no traceback: the upload's fault
-            raise ClientError(400, str(exc)) from None
-        return array.reshape(784)
+                return run().reshape(784)
+            self.decode_budget.take(header.peak_bytes)
+            try:
+                return (await self.in_thread(run)).reshape(784)
+            finally:
+                self.decode_budget.release(header.peak_bytes)
 
     async def probabilities(self, images: np.ndarray) -> np.ndarray:
         if len(images) <= INLINE_BATCH_IMAGES:

@@ -5,6 +5,8 @@ web page all share exactly one definition of "what the model sees". What may be 
 and what decoding will cost, is decided from the file's headers in ``service.decode_policy``.
 """
 
+from collections.abc import Callable
+
 import numpy as np
 from PIL import Image, ImageChops
 
@@ -67,6 +69,11 @@ def decode_image(data: bytes, *, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Im
     chunks...) is checked before any pixel is decoded. Raises InvalidImageError.
     """
     image, _ = open_image(data, max_pixels=max_pixels)
+    return decode_opened(image)
+
+
+def decode_opened(image: Image.Image) -> Image.Image:
+    """`decode_image` for an image `open_image` has already checked (so it is opened once)."""
     try:
         image.load()
     except Exception as exc:  # truncated data surfaces only when the pixels are decoded
@@ -125,13 +132,23 @@ def preprocess_image_bytes(data: bytes, *, max_pixels: int = MAX_IMAGE_PIXELS) -
     InvalidImageError (a specific message where the cause is understood, a generic one else),
     an image without ink a NoDigitFoundError. ``inspect_image`` says beforehand what it costs.
     """
+    return _guarded(lambda: to_mnist_array(decode_image(data, max_pixels=max_pixels)))
+
+
+def preprocess_opened(image: Image.Image) -> np.ndarray:
+    """`preprocess_image_bytes` for an image `open_image` has already checked."""
+    return _guarded(lambda: to_mnist_array(decode_opened(image)))
+
+
+def _guarded(work: Callable[[], np.ndarray]) -> np.ndarray:
+    """Only PreprocessError subclasses leave: hostile input must never become a 500."""
     try:
-        return to_mnist_array(decode_image(data, max_pixels=max_pixels))
+        return work()
     except PreprocessError:
         raise
     except MemoryError as exc:
         raise InvalidImageError("the image is too large to decode") from exc
-    except Exception as exc:  # hostile input must never become a 500
+    except Exception as exc:
         raise InvalidImageError("the image could not be processed") from exc
 
 

@@ -2,8 +2,10 @@
 
 import httpx
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from service.multipart import MultipartError, parse_multipart
+from service.multipart import MultipartError, parse_multipart, parse_parts, single_part
 
 
 def encode(files=None, data=None) -> tuple[bytes, str]:
@@ -52,3 +54,33 @@ def test_too_many_parts_are_refused():
 def test_garbage_is_refused():
     with pytest.raises(MultipartError):
         parse_multipart(b"not multipart at all", "multipart/form-data; boundary=abc", 4)
+
+
+@given(
+    content=st.binary(max_size=300) | st.sampled_from([b"\r\n--b", b"--b--", b"\r\n\r\n"]),
+    name=st.text(min_size=1, max_size=10),
+    filename=st.text(max_size=10) | st.none(),
+    extra=st.sampled_from([b"", b"Content-Type: image/png\r\n", b"X: y\r\n", b"bad\r\n"]),
+    tail=st.sampled_from([b"", b"\r\n", b"junk"]),
+)
+def test_the_one_part_shortcut_agrees_with_the_full_parser(content, name, filename, extra, tail):
+    disposition = f'form-data; name="{name}"'
+    if filename is not None:
+        disposition += f'; filename="{filename}"'
+    body = (
+        b"--b\r\nContent-Disposition: "
+        + disposition.encode()
+        + b"\r\n"
+        + extra
+        + b"\r\n"
+        + content
+        + b"\r\n--b--"
+        + tail
+    )
+    fast = single_part(body, b"b")
+    if fast is None:
+        return  # left to the full parser
+    full = parse_parts(body, b"b", max_parts=10)
+    assert [(p.name, p.filename, p.content) for p in full] == [
+        (fast.name, fast.filename, fast.content)
+    ]
