@@ -186,7 +186,7 @@ def document(sections: dict[str, str], notes: str) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     parser.add_argument("--duration", default="15", help="seconds per serving run")
     parser.add_argument("--epochs", default="10")
     parser.add_argument("--side-duration", default="10", help="seconds per side-by-side run")

@@ -89,7 +89,7 @@ def write_bodies(directory: Path, bodies: list[bytes]) -> Path:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     parser.add_argument("--model", type=Path, default=Path("artifacts/model.pt"))
     parser.add_argument("--duration", type=float, default=15, help="seconds per wrk run")
     parser.add_argument("--soak-requests", type=int, default=100_000)

@@ -681,7 +681,7 @@ def default_model() -> Path:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     parser.add_argument(
         "--model", type=Path, help="checkpoint; default artifacts/model.pt, else the store's"
     )

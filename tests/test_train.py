@@ -133,3 +133,30 @@ def test_a_bad_source_date_epoch_fails_before_training(mnist_md5, tmp_path, monk
     with pytest.raises(ValueError, match="SOURCE_DATE_EPOCH='yesterday'"):
         train_and_save(TrainConfig(), None, None, tmp_path / "m.pt", data_md5=mnist_md5)
     assert not (tmp_path / "m.pt").exists()
+
+
+def test_a_dry_run_never_writes_the_shipped_checkpoint(tmp_path, monkeypatch, mnist_md5):
+    from tests.conftest import DATA_DIR
+    from training.cli import DRY_RUN_OUTPUT, main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["--dry-run", "--data-dir", str(DATA_DIR)]) == 0
+    assert not (tmp_path / "artifacts" / "model.pt").exists()
+    assert DRY_RUN_OUTPUT.is_file()
+
+
+@pytest.mark.parametrize("argv", [["--epoch", "3"], ["--no-reg"], ["--dry"]])
+def test_abbreviated_flags_are_refused(argv):
+    from training.cli import parse_training_args
+
+    with pytest.raises(SystemExit) as exit_info:
+        parse_training_args(argv)
+    assert exit_info.value.code == 2
+
+
+def test_the_build_refuses_abbreviated_flags():
+    from training.pipeline.cli import parse_build_args
+
+    with pytest.raises(SystemExit) as exit_info:
+        parse_build_args(["--no"])
+    assert exit_info.value.code == 2

@@ -12,6 +12,7 @@ import hashlib
 import io
 import math
 import os
+import pickle
 import subprocess
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -149,6 +150,17 @@ class Checkpoint:
 def _validated_payload(data: bytes, path: Path) -> dict[str, Any]:
     try:
         payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if "weights only" in str(exc).lower() or "weights_only" in str(exc):
+            # torch's own text goes on to suggest weights_only=False: never give that advice.
+            raise CheckpointError(
+                f"refused checkpoint {path}: it holds Python objects other than tensors and "
+                "plain containers, and only weights-only checkpoints are loaded; re-save it "
+                "from trusted code with training.checkpoint.save_checkpoint"
+            ) from None
+        raise CheckpointError(
+            f"unreadable checkpoint {path}: {first_line(exc, limit=200)}"
+        ) from None
     except Exception as exc:  # torch raises many types for garbage/truncated files
         reason = first_line(exc, limit=200)
         raise CheckpointError(f"unreadable checkpoint {path}: {reason}") from None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -71,16 +72,25 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     )
 
 
+DEFAULT_OUTPUT = Path("artifacts/model.pt")
+DRY_RUN_OUTPUT = Path(tempfile.gettempdir()) / "mnist-dry-run" / "model.pt"
+
+
 def parse_training_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """`python -m training`'s options, checked; --dry-run applied."""
     p = argparse.ArgumentParser(
         prog="mnist-train",
         description="Train the 784-256-10 MLP on MNIST and write a self-describing checkpoint.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        allow_abbrev=False,  # `--epoch 3` or `--no` must be errors, not guesses
     )
     add_training_arguments(p, data_dir=Path("data"))
     p.add_argument(
-        "--output", type=Path, default=Path("artifacts/model.pt"), help="checkpoint path"
+        "--output",
+        type=Path,
+        default=None,
+        help=f"checkpoint path (default {DEFAULT_OUTPUT}; with --dry-run {DRY_RUN_OUTPUT}, "
+        "so a quick check never replaces the model the Docker image ships)",
     )
     p.add_argument(
         "--register",
@@ -95,6 +105,8 @@ def parse_training_args(argv: Sequence[str] | None = None) -> argparse.Namespace
     check_training_arguments(p, args)
     if args.dry_run:
         args.epochs, args.limit, args.register = 1, args.limit or QUICK_LIMIT, False
+    if args.output is None:
+        args.output = DRY_RUN_OUTPUT if args.dry_run else DEFAULT_OUTPUT
     return args
 
 

@@ -16,6 +16,7 @@ from training.pipeline.ship import LOCAL_BASE_IMAGE
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
+        allow_abbrev=False,  # `--no` must not mean --no-docker
         prog="mnist-build",
         description=(
             "Retrain the MNIST MLP and, if the gate accepts it, promote it: fetch and verify "
