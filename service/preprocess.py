@@ -41,7 +41,7 @@ MNIST_SIDE = 28
 DIGIT_SIDE = 20  # MNIST fits each digit's bounding box into 20x20, then centres it in 28x28.
 
 _LIGHT_BACKGROUND = 128  # a border median at or above this means dark ink on light paper
-_MIN_INK_CONTRAST = 48  # gray levels a stroke must stand out from the background to be a digit
+MIN_INK_CONTRAST = 48  # gray levels a stroke must stand out from the background to be a digit
 _NOISE_FRACTION = 0.2  # contrast under this share of the strongest stroke is treated as background
 _WORKING_SIDE = 2048  # larger images are box-reduced first so NumPy work stays bounded
 
@@ -110,7 +110,7 @@ def to_mnist_array(image: Image.Image) -> np.ndarray:
     background = _border_median(pixels)
     light = background >= _LIGHT_BACKGROUND
     peak = background - int(pixels.min()) if light else int(pixels.max()) - background
-    if peak < _MIN_INK_CONTRAST:
+    if peak < MIN_INK_CONTRAST:
         raise NoDigitFoundError("no digit found in the image")
     if not light and gray.size == (MNIST_SIDE, MNIST_SIDE):
         return _to_unit_float(pixels)

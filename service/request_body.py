@@ -15,6 +15,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from service.multipart import MultipartError, parse_multipart
+from service.preprocess import MIN_INK_CONTRAST
 
 logger = logging.getLogger("service.requests")
 
@@ -166,6 +167,9 @@ def parse_image_array(payload: object, max_images: int) -> np.ndarray:
         raise ClientError(422, "image values must be finite numbers (no NaN or infinity)")
     if array.min() < 0 or array.max() > 1:
         raise ClientError(422, "image values must lie in [0, 1]")
+    blank = np.flatnonzero(np.ptp(array, axis=1) < MIN_INK_CONTRAST / 255)
+    if len(blank):  # as for an uploaded file: a blank image is not answered with a guess
+        raise ClientError(422, f"no digit found in image {int(blank[0])} (it is blank)")
     return array.astype(np.float32)
 
 

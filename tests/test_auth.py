@@ -31,7 +31,7 @@ def good_requests(mnist_test_pngs) -> dict[str, dict]:
         "/predict_image": {"files": {"image": ("d.png", png)}},
         "/preprocess_image": {"files": {"image": ("d.png", png)}},
         "/predict_images": {"files": [("images", ("a.png", png)), ("images", ("b.png", png))]},
-        "/predict": {"json": {"images": [[0.0] * 784]}},
+        "/predict": {"json": {"images": [[0.0] * 392 + [1.0] * 392]}},
         "/predict_bulk": {
             "content": bytes(784),
             "headers": {"content-type": "application/octet-stream"},

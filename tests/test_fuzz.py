@@ -15,6 +15,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from PIL import Image, ImageDraw
 
+from service.preprocess import MIN_INK_CONTRAST
 from tests.support.images import encoded
 from tests.support.multipart import multipart_body
 
@@ -213,6 +214,10 @@ def near_valid_batches(draw) -> tuple[dict, bool | None]:
                 bad = bad or number is None or not math.isfinite(number) or not 0 <= number <= 1
             else:
                 odd = True  # JSON null/bool/str/list: numpy's leniency decides; must not 5xx
+        flat = [v for row in image for v in row] if nested else image
+        values = [as_float32(v) for v in flat if isinstance(v, float | int)]
+        if values and None not in values and max(values) - min(values) < MIN_INK_CONTRAST / 255:
+            bad = True  # a blank image: 422 "no digit found", as for an uploaded file
         images.append(image)
     bad = bad or not images
     return {"images": images}, False if bad else None if odd else True

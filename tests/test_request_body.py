@@ -1,12 +1,14 @@
 """The `/predict` JSON body parser: every shape problem names the offending image."""
 
+import json
+
 import numpy as np
 import pytest
 
-from service.request_body import ClientError, parse_image_array
+from service.request_body import ClientError, images_from_json, parse_image_array
 
-FLAT = [0.5] * 784
-NESTED = [[0.5] * 28] * 28
+FLAT = [0.0] * 392 + [0.5] * 392  # half dark, half a gray stroke: not blank
+NESTED = [[0.0] * 28] * 14 + [[0.5] * 28] * 14
 
 
 def test_flat_and_nested_images_are_both_accepted():
@@ -31,3 +33,10 @@ def test_mixed_or_ragged_batches_name_the_first_odd_image(images, named):
     assert refused.value.status == 422
     assert "the same form for every image" in str(refused.value)
     assert named in str(refused.value)
+
+
+def test_a_blank_json_image_is_refused_like_a_blank_upload():
+    digit = [0.0] * 392 + [1.0] * 392
+    with pytest.raises(ClientError, match="no digit found in image 1") as info:
+        images_from_json(json.dumps({"images": [digit, [0.0] * 784]}).encode(), 10)
+    assert info.value.status == 422
