@@ -8,6 +8,9 @@ for decoding in a thread, when the thread ends, since such work cannot be cancel
 
 from __future__ import annotations
 
+from collections.abc import MutableMapping
+from typing import Any
+
 from service.request_body import ClientError
 
 HELD_KEY = "mnist.held"  # the ASGI scope's list of (budget, amount) grants of this request
@@ -37,12 +40,12 @@ class Budget:
         self.used -= amount
 
 
-def hold(scope: dict, budget: Budget, amount: int) -> None:
+def hold(scope: MutableMapping[str, Any], budget: Budget, amount: int) -> None:
     """Take `amount` from `budget` for the rest of the request whose ASGI scope this is."""
     budget.take(amount)
     scope.setdefault(HELD_KEY, []).append((budget, amount))
 
 
-def release_all(scope: dict) -> None:
+def release_all(scope: MutableMapping[str, Any]) -> None:
     for budget, amount in scope.pop(HELD_KEY, ()):
         budget.release(amount)

@@ -16,6 +16,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
+from typing import Any
 
 import prometheus_client
 from prometheus_client import multiprocess
@@ -171,7 +172,7 @@ class ApiRouter:
             return
         if path == OPENAPI_PATH and self.openapi is not None and scope["method"] == "GET":
             if self._openapi_body is None:
-                self._openapi_body = json_response(self.openapi()).body
+                self._openapi_body = bytes(json_response(self.openapi()).body)
             await Response(self._openapi_body, media_type="application/json")(scope, receive, send)
             return
         if path == "/ui":  # relative, so a forged Host header is never echoed back
@@ -248,7 +249,7 @@ def front_door(
     (exporter and sample rate from BentoML's `tracing` configuration); off by default, as it
     costs about half the throughput of the prediction routes.
     """
-    app = ApiRouter(bentoml_app, endpoints, lean, openapi)
+    app: Any = ApiRouter(bentoml_app, endpoints, lean, openapi)
     if api_key is not None:
         app = ApiKeyMiddleware(app, api_key=api_key)
     app = Observed(app, api_paths, access_log)

@@ -23,7 +23,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     header_bytes = 0
     header_timer = None
 
-    def connection_made(self, transport) -> None:  # type: ignore[override]
+    def connection_made(self, transport) -> None:
         super().connection_made(transport)
         self._arm_header_timer()
 

@@ -12,7 +12,7 @@ from typing import Annotated, Any, ClassVar
 
 import bentoml
 from bentoml.validators import ContentType
-from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
+from pydantic import BaseModel, ConfigDict, Field, RootModel, WithJsonSchema
 
 EXAMPLE_PROBABILITIES = [
     0.0001,
@@ -45,6 +45,10 @@ class Prediction(BaseModel):
         min_length=10,
         max_length=10,
     )
+
+
+class Predictions(RootModel[list[Prediction]]):
+    """Predictions in input order."""
 
 
 class BulkPredictions(BaseModel):

@@ -14,6 +14,7 @@ import os
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import bentoml
 import prometheus_client
@@ -35,6 +36,7 @@ from service.schemas import (
     ModelInfo,
     NoBody,
     Prediction,
+    Predictions,
     PreprocessedImage,
 )
 from service.settings import load_settings
@@ -77,8 +79,10 @@ def share_connection_board() -> None:
         os.environ[fair_accept.BOARD_ENV] = name
 
 
-def model_source(stored_model: object | None) -> ModelSource:
+def model_source(stored_model: Any) -> ModelSource:
+    """Where the checkpoint is: the store entry's file, else MODEL_PATH."""
     if stored_model is None:
+        assert settings.model_path is not None  # resolve_tag_or_exit chose the file
         return ModelSource(settings.model_path, None)
     return ModelSource(stored_model.path_of(CHECKPOINT_FILE), str(stored_model.tag))
 
@@ -175,47 +179,49 @@ class MNISTClassifier:
         except ClientError as exc:
             return exc.response(ctx)
 
-    @bentoml.api(input_spec=ImageUpload)
-    async def predict_image(self, ctx: bentoml.Context) -> Prediction:
+    @bentoml.api(input_spec=ImageUpload, output_spec=Prediction)
+    async def predict_image(self, ctx: bentoml.Context) -> Response:
         """Classify one image file (multipart field `image`); concurrent calls are batched."""
         return await self._answer(ctx, self.endpoints.predict_image)
 
-    @bentoml.api(input_spec=ImagesUpload)
-    async def predict_images(self, ctx: bentoml.Context) -> list[Prediction]:
+    @bentoml.api(input_spec=ImagesUpload, output_spec=Predictions)
+    async def predict_images(self, ctx: bentoml.Context) -> Response:
         """Classify many image files (repeated multipart field `images`), answered in order."""
         return await self._answer(ctx, self.endpoints.predict_images)
 
-    @bentoml.api(input_spec=ArrayBatch)
-    async def predict(self, ctx: bentoml.Context) -> list[Prediction]:
+    @bentoml.api(input_spec=ArrayBatch, output_spec=Predictions)
+    async def predict(self, ctx: bentoml.Context) -> Response:
         """Classify a JSON batch of 28x28 (or 784) float arrays in [0, 1], white on black."""
         return await self._answer(ctx, self.endpoints.predict)
 
-    @bentoml.api(input_spec=BulkBody)
-    async def predict_bulk(self, ctx: bentoml.Context) -> BulkPredictions:
+    @bentoml.api(input_spec=BulkBody, output_spec=BulkPredictions)
+    async def predict_bulk(self, ctx: bentoml.Context) -> Response:
         """High-throughput path: raw N x 784 uint8 bytes (application/octet-stream)."""
         return await self._answer(ctx, self.endpoints.predict_bulk)
 
-    @bentoml.api(input_spec=ImageUpload)
-    async def preprocess_image(self, ctx: bentoml.Context) -> PreprocessedImage:
+    @bentoml.api(input_spec=ImageUpload, output_spec=PreprocessedImage)
+    async def preprocess_image(self, ctx: bentoml.Context) -> Response:
         """The 28x28 image the model sees for an upload: for debugging inputs."""
         return await self._answer(ctx, self.endpoints.preprocess_image)
 
-    @bentoml.api(input_spec=NoBody)
-    async def model_info(self, ctx: bentoml.Context) -> ModelInfo:
+    @bentoml.api(input_spec=NoBody, output_spec=ModelInfo)
+    async def model_info(self, ctx: bentoml.Context) -> Response:
         """Which model is served: tag, sha256, architecture, training config, accuracy."""
         return await self._answer(ctx, self.endpoints.model_info)
 
 
-MNISTClassifier.add_asgi_middleware(RejectPickleMiddleware)
-MNISTClassifier.add_asgi_middleware(JsonRoutingErrorsMiddleware)
+SERVICE: Any = MNISTClassifier  # a bentoml Service object, which mypy takes for the class
+SERVICE.add_asgi_middleware(RejectPickleMiddleware)
+SERVICE.add_asgi_middleware(JsonRoutingErrorsMiddleware)
+_BentoService: Any = type(SERVICE)
 
 
-class _FrontDoorService(type(MNISTClassifier)):  # type: ignore[misc]
+class _FrontDoorService(_BentoService):
     """BentoML's Service, with `service.front_door` ahead of the app it builds (see there)."""
 
     __slots__ = ()
 
-    def to_asgi(self, is_main: bool = True):  # type: ignore[override]
+    def to_asgi(self, is_main: bool = True):
         return front_door(
             super().to_asgi(is_main),
             lambda: ACTIVE.get("endpoints"),
@@ -228,4 +234,4 @@ class _FrontDoorService(type(MNISTClassifier)):  # type: ignore[misc]
         )
 
 
-MNISTClassifier.__class__ = _FrontDoorService
+SERVICE.__class__ = _FrontDoorService

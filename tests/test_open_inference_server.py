@@ -53,8 +53,7 @@ def test_infer_matches_the_offline_model(
     tensor = triton.InferInput("images", list(data.shape), datatype)
     tensor.set_data_from_numpy(data, binary_data=binary)
     outputs = [
-        triton.InferRequestedOutput(name, binary_data=binary)
-        for name in ("probabilities", "digit")
+        triton.InferRequestedOutput(name, binary_data=binary) for name in ("probabilities", "digit")
     ]
     result = triton_client.infer("mnist", [tensor], outputs=outputs, request_id="r1")
     np.testing.assert_allclose(
