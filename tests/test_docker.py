@@ -163,6 +163,34 @@ def test_predicts_the_digits_the_offline_model_predicts(
         assert answer["confidence"] == pytest.approx(max(answer["probabilities"]))
 
 
+def test_open_inference_clients_work_against_the_image(
+    container: tuple[str, str], mnist_test_pngs: list[tuple[bytes, int]]
+) -> None:
+    import asyncio
+
+    import numpy as np
+    import tritonclient.http as triton
+    from kserve import InferenceRESTClient, RESTConfig
+
+    _, base_url = container
+    client = triton.InferenceServerClient(base_url.removeprefix("http://"))
+    assert client.is_server_ready() and client.is_model_ready("mnist")
+    files = [png for png, _ in mnist_test_pngs[:20]]
+    tensor = triton.InferInput("images", [len(files)], "BYTES")
+    tensor.set_data_from_numpy(np.array(files, dtype=np.object_))
+    digits = client.infer("mnist", [tensor]).as_numpy("digit").tolist()
+    assert digits == [digit for _, digit in mnist_test_pngs[:20]]
+
+    async def kserve_ready() -> bool:
+        rest = InferenceRESTClient(RESTConfig(protocol="v2"))
+        try:
+            return await rest.is_model_ready(base_url, "mnist")
+        finally:
+            await rest.close()
+
+    assert asyncio.run(kserve_ready())
+
+
 def test_server_runs_as_non_root_user(container: tuple[str, str]) -> None:
     name, _ = container
     uid = docker("exec", name, "id", "-u").stdout.strip()
