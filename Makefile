@@ -60,8 +60,9 @@ bench-setup: setup  ## Java 17 + wrk (Debian, as root) and TorchServe 0.12 into 
 	@$(BIN)/python -c "import ts, model_archiver, yaml" 2>/dev/null && test -x $(BIN)/torchserve \
 	  || $(BIN)/pip install --quiet --disable-pip-version-check $(BENCH_PIP)
 
-bench: model bench-setup  ## training, serving and side-by-side (TorchServe, bare ASGI) benchmarks
+bench: model bench-setup  ## training, serving, side-by-side (TorchServe, bare ASGI), Open Inference
 	$(BIN)/python -m benchmarks.run_all $(ARGS)
+	$(BIN)/python -m benchmarks.open_inference
 
 docker:  ## the serving image from artifacts/model.pt (add DOCKER_BUILD_ARGS for a local base)
 	docker build $(DOCKER_BUILD_ARGS) -t mnist-service .

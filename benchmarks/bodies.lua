@@ -1,5 +1,6 @@
 -- wrk script: POST pre-built request bodies (files 0.bin .. N-1.bin in $WRK_BODIES), in turn,
--- with Content-Type $WRK_CONTENT_TYPE; prints one JSON line of results when done.
+-- with Content-Type $WRK_CONTENT_TYPE (and $WRK_HEADER_NAME: $WRK_HEADER_VALUE when set);
+-- prints one JSON line of results when done.
 local dir = os.getenv("WRK_BODIES")
 local count = tonumber(os.getenv("WRK_COUNT"))
 local content_type = os.getenv("WRK_CONTENT_TYPE")
@@ -11,7 +12,10 @@ function init(args)
     local f = assert(io.open(dir .. "/" .. i .. ".bin", "rb"))
     local body = f:read("*all")
     f:close()
-    requests_list[i + 1] = wrk.format("POST", nil, {["Content-Type"] = content_type}, body)
+    local headers = {["Content-Type"] = content_type}
+    local extra = os.getenv("WRK_HEADER_NAME")
+    if extra and extra ~= "" then headers[extra] = os.getenv("WRK_HEADER_VALUE") end
+    requests_list[i + 1] = wrk.format("POST", nil, headers, body)
   end
 end
 
