@@ -66,3 +66,40 @@ bench: model bench-setup  ## training, serving, side-by-side (TorchServe, bare A
 
 docker:  ## the serving image from artifacts/model.pt (add DOCKER_BUILD_ARGS for a local base)
 	docker build $(DOCKER_BUILD_ARGS) -t mnist-service .
+
+# ---- orchestrators (docs/deploy.md) ---------------------------------------------------------------
+STACK ?= mnist
+OVERLAY ?= production
+KUBERNETES_VERSIONS := 1.29.0 1.37.0
+
+.PHONY: lb-image swarm-deploy swarm-rm rollout rollback k8s-render k8s-validate test-deploy
+
+lb-image:  ## the HAProxy image in front of the Swarm replicas (same DOCKER_BUILD_ARGS as docker)
+	docker build $(DOCKER_BUILD_ARGS) -t mnist-lb deploy/swarm/haproxy
+
+swarm-deploy: docker lb-image  ## the stack on this swarm (create the secret mnist_api_key first)
+	docker stack deploy --resolve-image never -c deploy/swarm/stack.yml $(STACK)
+
+swarm-rm:
+	docker stack rm $(STACK)
+
+rollout:  ## make rollout IMAGE=mnist-service:<version>: roll a new model into the stack
+	MNIST_SWARM_SERVICE=$(STACK)_mnist scripts/rollout deploy $(IMAGE)
+
+rollback:  ## serve the image that served before the last rollout
+	MNIST_SWARM_SERVICE=$(STACK)_mnist scripts/rollout rollback
+
+k8s-render: setup  ## print an overlay's manifests: make k8s-render OVERLAY=dev
+	$(BIN)/kubectl kustomize deploy/kubernetes/overlays/$(OVERLAY)
+
+k8s-validate: setup  ## every overlay, strictly, against the oldest and newest supported Kubernetes
+	set -e; for overlay in deploy/kubernetes/overlays/*/; do \
+	    $(BIN)/kubectl kustomize $$overlay > $(VENV)/rendered.yaml; \
+	    for version in $(KUBERNETES_VERSIONS); do \
+	        $(BIN)/kubernetes-validate --strict --quiet -k $$version $(VENV)/rendered.yaml; \
+	        echo "$$overlay: valid for Kubernetes $$version"; \
+	    done; \
+	done
+
+test-deploy: setup  ## the Swarm and Kubernetes tests only (docker engine: make docker-engine)
+	$(BIN)/python -m pytest tests/test_swarm.py tests/test_kubernetes.py $(PYTEST_ARGS)
