@@ -16,6 +16,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import prometheus_client
@@ -45,6 +46,7 @@ BENTOML_PATHS = frozenset(
 )
 METRICS_PATH = "/metrics"
 OPENAPI_PATH = "/docs.json"
+DOCS_PAGE = (Path(__file__).with_name("static") / "docs.html").read_bytes()  # Swagger UI
 BENTOML_PREFIXES = {"/ui/": "/ui", "/static_content/": "/static_content"}
 KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 OTHER = "other"
@@ -174,6 +176,9 @@ class ApiRouter:
             if self._openapi_body is None:
                 self._openapi_body = bytes(json_response(self.openapi()).body)
             await Response(self._openapi_body, media_type="application/json")(scope, receive, send)
+            return
+        if path == "/" and scope["method"] in ("GET", "HEAD"):
+            await Response(DOCS_PAGE, media_type="text/html")(scope, receive, send)
             return
         if path == "/ui":  # relative, so a forged Host header is never echoed back
             response = Response(status_code=307, headers={"location": "/ui/"})

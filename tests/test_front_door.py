@@ -138,3 +138,12 @@ def test_tracing_gives_each_request_a_span(service_module):
     with TestClient(app_with(service_module, tracing=True, tracer_provider=provider)) as client:
         assert client.get("/model_info").status_code == 200
     assert any(span.name.startswith("GET") for span in exporter.get_finished_spans())
+
+
+def test_served_pages_reference_no_external_host(client):
+    for path in ("/", "/ui/"):
+        page = client.get(path)
+        assert page.status_code == 200
+        assert not re.search(r"(src|href)=[\"']?(https?:)?//", page.text), path
+        assert "googletagmanager" not in page.text
+    assert "swagger-ui" in client.get("/").text
