@@ -7,7 +7,14 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    AliasChoices,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from service.preprocess import MAX_IMAGE_PIXELS
@@ -29,6 +36,11 @@ class ServiceSettings(BaseSettings):
         None,
         validation_alias=AliasChoices("API_KEY", "MNIST_API_KEY"),
         description="When set, every route but health, metrics, docs and /ui needs `Bearer <key>`.",
+    )
+    api_key_file: Path | None = Field(
+        None,
+        validation_alias=AliasChoices("API_KEY_FILE", "MNIST_API_KEY_FILE"),
+        description="File holding the API key (a Docker or Kubernetes secret); not with API_KEY.",
     )
     workers: int | Literal["auto"] = Field(
         "auto",
@@ -83,6 +95,23 @@ class ServiceSettings(BaseSettings):
         MAX_IMAGE_PIXELS, ge=784, description="Largest decoded image (width x height) accepted."
     )
 
+    @model_validator(mode="after")
+    def _key_from_file(self) -> ServiceSettings:
+        if self.api_key_file is None:
+            return self
+        if self.api_key is not None:
+            raise ValueError("set API_KEY or API_KEY_FILE, not both")
+        try:
+            key = self.api_key_file.read_text().strip()
+        except OSError as exc:
+            raise ValueError(
+                f"cannot read API_KEY_FILE {self.api_key_file}: {exc.strerror}"
+            ) from None
+        if not key:
+            raise ValueError(f"{self.api_key_file} is empty")
+        object.__setattr__(self, "api_key", SecretStr(key))
+        return self
+
     @field_validator("workers", mode="before")
     @classmethod
     def _workers(cls, value: object) -> object:
@@ -126,7 +155,7 @@ def _variable(loc: tuple) -> str:
     ones by their first alias, so name the alias that is actually set (API_KEY or MNIST_API_KEY).
     """
     if not loc:
-        return "?"
+        return "API_KEY_FILE"  # the one check across fields
     name = str(loc[0])
     field = ServiceSettings.model_fields.get(name)
     if field is not None:

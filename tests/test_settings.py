@@ -41,3 +41,15 @@ def test_a_bad_setting_is_one_line_naming_it(variable, value, monkeypatch):
 def test_no_settings_means_the_defaults():
     settings = load_settings()
     assert settings.model_path is None and settings.api_key is None
+
+
+def test_the_api_key_can_come_from_a_secret_file(tmp_path, monkeypatch):
+    from service.settings import load_settings
+
+    secret = tmp_path / "api_key"
+    secret.write_text("s3cret\n")
+    monkeypatch.setenv("API_KEY_FILE", str(secret))
+    assert load_settings().api_key.get_secret_value() == "s3cret"
+    monkeypatch.setenv("API_KEY_FILE", str(tmp_path / "missing"))
+    with pytest.raises(SystemExit, match="API_KEY_FILE: cannot read"):
+        load_settings()
