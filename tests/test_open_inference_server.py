@@ -109,3 +109,31 @@ def test_routes_are_in_the_openapi_document(server):
     paths = httpx.get(f"{server.url}/docs.json").json()["paths"]
     for route in ("/v2", "/v2/health/ready", "/v2/models/{model}/infer"):
         assert route in paths
+
+
+def test_live_answers_match_the_protocols_own_models(server, test_pixels):
+    from open_inference.openapi.types import (
+        InferenceErrorResponse,
+        InferenceResponse,
+        MetadataModelResponse,
+        MetadataServerResponse,
+    )
+
+    MetadataServerResponse.parse_obj(httpx.get(f"{server.url}/v2").json())
+    MetadataModelResponse.parse_obj(httpx.get(f"{server.url}/v2/models/mnist").json())
+    request = {
+        "inputs": [
+            {
+                "name": "images",
+                "datatype": "UINT8",
+                "shape": [2, 784],
+                "data": test_pixels[:2].ravel().tolist(),
+            }
+        ]
+    }
+    answer = httpx.post(f"{server.url}/v2/models/mnist/infer", json=request)
+    assert answer.status_code == 200
+    InferenceResponse.parse_obj(answer.json())
+    error = httpx.post(f"{server.url}/v2/models/nope/infer", json=request)
+    assert error.status_code == 404
+    InferenceErrorResponse.parse_obj(error.json())
