@@ -93,7 +93,7 @@ def main() -> None:
     parser.add_argument("--model", type=Path, default=Path("artifacts/model.pt"))
     parser.add_argument("--duration", type=float, default=15, help="seconds per wrk run")
     parser.add_argument("--soak-requests", type=int, default=100_000)
-    parser.add_argument("--workers", default=os.environ.get("MNIST_WORKERS", "1"))
+    parser.add_argument("--workers", default=os.environ.get("MNIST_WORKERS", "auto"))
     parser.add_argument("--json", type=Path, help="write all results here")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
