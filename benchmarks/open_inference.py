@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from benchmarks.serving import write_bodies, wrk
 from tests.support.images import png_bytes
 from tests.support.multipart import content_type, multipart_body
 from tests.support.servers import running_server, server_env
@@ -44,36 +43,6 @@ def binary_infer(pixels: np.ndarray, datatype: str) -> tuple[bytes, int]:
     return text + raw, len(text)
 
 
-LUA = Path(__file__).with_name("bodies.lua")
-
-
-def wrk(url: str, bodies: Path, ctype: str, header: int | None, connections: int, seconds: int):
-    """One `wrk -t1` run over the bodies in `bodies`, with the binary header length if given."""
-    env = {
-        **os.environ,
-        "WRK_BODIES": str(bodies),
-        "WRK_COUNT": str(len(list(bodies.glob("*.bin")))),
-        "WRK_CONTENT_TYPE": ctype,
-        "WRK_HEADER_NAME": "Inference-Header-Content-Length" if header else "",
-        "WRK_HEADER_VALUE": str(header or ""),
-    }
-    command = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "10s", "-s"]
-    out = subprocess.run(
-        [*command, str(LUA), url], capture_output=True, text=True, env=env, check=True
-    ).stdout
-    result = json.loads(out.strip().splitlines()[-1])
-    result["rps"] = result["requests"] / result["duration_s"]
-    result["errors"] = result["non_2xx"] + result["socket_errors"]
-    return result
-
-
-def write(directory: Path, bodies: list[bytes]) -> Path:
-    directory.mkdir(parents=True)
-    for i, body in enumerate(bodies):
-        (directory / f"{i}.bin").write_bytes(body)
-    return directory
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     parser.add_argument("--model", type=Path, default=Path("artifacts/model.pt"))
@@ -96,7 +65,7 @@ def main() -> None:
         contenders = {
             "bulk": (
                 "/predict_bulk",
-                write(tmp / "b", [pixels[:10_000].tobytes()]),
+                write_bodies(tmp / "b", [pixels[:10_000].tobytes()]),
                 "application/octet-stream",
                 None,
                 4,
@@ -104,7 +73,7 @@ def main() -> None:
             ),
             "infer UINT8": (
                 "/v2/models/mnist/infer",
-                write(tmp / "u", [uint8]),
+                write_bodies(tmp / "u", [uint8]),
                 "application/octet-stream",
                 uint8_header,
                 4,
@@ -112,16 +81,23 @@ def main() -> None:
             ),
             "infer FP32": (
                 "/v2/models/mnist/infer",
-                write(tmp / "f", [fp32]),
+                write_bodies(tmp / "f", [fp32]),
                 "application/octet-stream",
                 fp32_header,
                 4,
                 10_000,
             ),
-            "predict_image c=32": ("/predict_image", write(tmp / "p", pngs), form, None, 32, 1),
+            "predict_image c=32": (
+                "/predict_image",
+                write_bodies(tmp / "p", pngs),
+                form,
+                None,
+                32,
+                1,
+            ),
             "infer 1 image c=32": (
                 "/v2/models/mnist/infer",
-                write(tmp / "s", [b for b, _ in single]),
+                write_bodies(tmp / "s", [b for b, _ in single]),
                 "application/octet-stream",
                 single[0][1],
                 32,

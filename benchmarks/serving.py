@@ -41,14 +41,23 @@ def server(model_path: Path, home: Path, **settings: str) -> Iterator[tuple[str,
 
 
 def wrk(
-    url: str, route: str, bodies: Path, content_type: str, connections: int, seconds: float
+    url: str,
+    route: str,
+    bodies: Path,
+    content_type: str,
+    connections: int,
+    seconds: float,
+    header: tuple[str, str] = ("", ""),
 ) -> dict:
+    """One `wrk -t1` run POSTing the bodies in turn (with one extra `header`, if named)."""
     count = len(list(bodies.glob("*.bin")))
     env = {
         **os.environ,
         "WRK_BODIES": str(bodies),
         "WRK_COUNT": str(count),
         "WRK_CONTENT_TYPE": content_type,
+        "WRK_HEADER_NAME": header[0],
+        "WRK_HEADER_VALUE": header[1],
     }
     out = subprocess.run(
         [
