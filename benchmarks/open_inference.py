@@ -113,9 +113,8 @@ def main() -> None:
                 names = list(contenders) if round_index % 2 == 0 else list(reversed(contenders))
                 for name in names:
                     route, bodies, ctype, header, connections, per = contenders[name]
-                    run = wrk(
-                        f"{server.url}{route}", bodies, ctype, header, connections, args.duration
-                    )
+                    extra = ("Inference-Header-Content-Length", str(header)) if header else ("", "")
+                    run = wrk(server.url, route, bodies, ctype, connections, args.duration, extra)
                     results[name].append(run["rps"] * per)
                     print(
                         f"round {round_index + 1} {name}: {run['rps'] * per:,.0f} images/s, "
