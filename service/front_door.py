@@ -165,7 +165,7 @@ class ApiRouter:
         return None
 
     async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] != "http" or not self.lean:
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         path = route_path(scope)
@@ -184,7 +184,7 @@ class ApiRouter:
             response = Response(status_code=307, headers={"location": "/ui/"})
             await response(scope, receive, send)
             return
-        if is_bentoml_path(path):
+        if is_bentoml_path(path) or not self.lean:  # not lean: the API through BentoML's stack
             await self.app(scope, receive, send)
             return
         method = scope["method"]

@@ -115,6 +115,7 @@ def test_bentoml_stack_answers_the_same_when_the_lean_path_is_off(service_module
         bad = client.post("/predict_image", **image_upload(b"\x89PNG broken"))
         assert bad.status_code == 400
         assert "error" in bad.json()
+        assert "mnist_http_requests_total" in client.get("/metrics").text
 
 
 def test_api_key_is_checked_before_routing(service_module):
