@@ -8,7 +8,6 @@ turns that into the JSON 4xx in one place. Nothing here knows BentoML.
 from __future__ import annotations
 
 import contextlib
-import logging
 from collections.abc import Awaitable, Callable, Iterator
 from typing import TypeVar
 
@@ -38,8 +37,6 @@ from service.request_body import (
     require_media_type,
 )
 from service.settings import ServiceSettings
-
-logger = logging.getLogger("service")
 
 # Work bigger than this leaves the event loop for a worker thread, so one large request does
 # not stall the many small ones. Decode cost comes from what the image's header declares

@@ -7,14 +7,13 @@
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, version
-
 import numpy as np
 from starlette.requests import Request
 from starlette.responses import Response
 
 from service import open_inference as oip
 from service.endpoints import Endpoints, Handler
+from service.openapi import package_version
 from service.request_body import ClientError, json_response, read_body
 
 # Route templates, used as metrics labels (a client cannot add series with made-up names).
@@ -23,13 +22,6 @@ LIVE = "/v2/health/live"
 READY = "/v2/health/ready"
 MODEL = "/v2/models/{model}"
 MODEL_VERSION = "/v2/models/{model}/versions/{version}"
-
-
-def package_version() -> str:
-    try:
-        return version("mnist-service")
-    except PackageNotFoundError:
-        return "unknown"
 
 
 class OpenInferenceRoutes:

@@ -11,7 +11,7 @@ import json
 import shutil
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -19,6 +19,7 @@ import pytest
 
 from tests.requirements import require_docker_engine
 from tests.support import REPO
+from tests.support.docker_images import remove_checkpoint_stage, remove_image
 from tests.support.servers import free_port
 from training.pipeline.ship import base_image, docker
 
@@ -51,43 +52,6 @@ def wait_until_ready(name: str, base_url: str) -> None:
         time.sleep(1)
     logs = docker("logs", "--tail", "50", name, check=False)
     pytest.fail(f"{base_url}/readyz not 200 after {READY_TIMEOUT_S} s:\n{logs.stdout}{logs.stderr}")
-
-
-def remove_image(tag: str, model_path: str) -> None:
-    """Remove the test image and the layers only it has; the shared ones stay as build cache."""
-    history = docker(
-        "history", "--no-trunc", "--format", "{{.ID}}\t{{.CreatedBy}}", tag, check=False
-    ).stdout.splitlines()
-    own_layers = []  # from the top down to the checkpoint's COPY, the last step shared by no build
-    for line in history[1:]:
-        image_id, _, created_by = line.partition("\t")
-        if image_id.startswith("sha256:"):
-            own_layers.append(image_id)
-        if "COPY" in created_by and "/app/model.pt" in created_by:
-            break
-    docker("rmi", "--force", "--no-prune", tag, check=False)
-    for image_id in own_layers:
-        docker("rmi", "--no-prune", image_id, check=False)
-    remove_checkpoint_stage(lambda step: model_path in step)
-
-
-def remove_checkpoint_stage(made_here: Callable[[str], bool]) -> None:
-    """Remove this build's images of the checkpoint stage, which the legacy builder leaves behind.
-
-    Only the leftovers whose last step `made_here` recognizes go: a concurrent build may still need
-    its own. (BuildKit leaves none.)
-    """
-    leftovers = docker(
-        "images", "--quiet", "--no-trunc",
-        "--filter", "dangling=true", "--filter", "label=mnist-service.stage=checkpoint",
-        check=False,
-    ).stdout.split()  # fmt: skip
-    for image_id in leftovers:
-        steps = docker(
-            "history", "--no-trunc", "--format", "{{.CreatedBy}}", image_id, check=False
-        ).stdout.splitlines()
-        if steps and made_here(steps[0]):
-            docker("rmi", image_id, check=False)
 
 
 @contextlib.contextmanager

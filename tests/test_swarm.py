@@ -33,6 +33,7 @@ import torch
 
 from tests.requirements import require_docker_engine, unavailable
 from tests.support import REPO
+from tests.support.docker_images import remove_image
 from tests.support.servers import free_port
 from training import load_model
 from training.train import TrainConfig, train_and_save
@@ -344,39 +345,6 @@ def derived_image(tag: str, base: str, checkpoint: Path, folder: Path) -> None:
     build(tag, folder)
 
 
-def remove_service_image(tag: str, model_path: str) -> None:
-    """The image and the layers only it has; the shared ones stay as build cache (as in
-    tests/test_docker.py), and so do the checkpoint-stage leftovers of other builds."""
-    history = docker(
-        "history", "--no-trunc", "--format", "{{.ID}}\t{{.CreatedBy}}", tag, check=False
-    ).stdout.splitlines()
-    own = []
-    for line in history[1:]:
-        image_id, _, created_by = line.partition("\t")
-        if image_id.startswith("sha256:"):
-            own.append(image_id)
-        if "COPY" in created_by and "/app/model.pt" in created_by:
-            break
-    docker("rmi", "--force", "--no-prune", tag, check=False)
-    for image_id in own:
-        docker("rmi", "--no-prune", image_id, check=False)
-    leftovers = docker(
-        "images",
-        "--quiet",
-        "--no-trunc",
-        "--filter",
-        "dangling=true",
-        "--filter",
-        "label=mnist-service.stage=checkpoint",
-    ).stdout.split()
-    for image_id in leftovers:
-        steps = docker(
-            "history", "--no-trunc", "--format", "{{.CreatedBy}}", image_id, check=False
-        ).stdout.splitlines()
-        if steps and model_path in steps[0]:
-            docker("rmi", image_id, check=False)
-
-
 @contextlib.contextmanager
 def service_image(tag: str, checkpoint: Path) -> Iterator[str]:
     """The service image from the repository's Dockerfile around `checkpoint`; removed after."""
@@ -390,7 +358,7 @@ def service_image(tag: str, checkpoint: Path) -> Iterator[str]:
             shutil.rmtree((REPO / model_path).parent, ignore_errors=True)
         yield tag
     finally:
-        remove_service_image(tag, model_path)
+        remove_image(tag, model_path)
 
 
 @pytest.fixture(scope="module")
