@@ -17,6 +17,7 @@ from PIL import Image
 
 from tests.support.multipart import content_type, multipart_body
 from tests.support.processes import process_tree_rss_mb
+from tests.support.raw_http import read_response
 from tests.support.servers import running_server, server_env
 
 pytestmark = pytest.mark.e2e
@@ -86,7 +87,7 @@ def test_oversized_header_block_is_431(guarded_server):
     with socket.create_connection(("127.0.0.1", port_of(guarded_server))) as s:
         s.sendall(b"GET /livez HTTP/1.1\r\nHost: t\r\nX-Big: " + b"a" * 200_000 + b"\r\n\r\n")
         s.settimeout(5)
-        assert s.recv(200).startswith(b"HTTP/1.1 431")
+        assert read_response(s).startswith(b"HTTP/1.1 431")
 
 
 def test_trickled_headers_get_408(guarded_server):
@@ -112,7 +113,7 @@ def test_slow_body_gets_408_not_504(guarded_server):
             b"\r\nContent-Length: 7840\r\n\r\n" + b"\0" * 100
         )
         s.settimeout(10)
-        answer = s.recv(500)
+        answer = read_response(s)
     assert answer.startswith(b"HTTP/1.1 408"), answer
     assert b"not complete within" in answer
 

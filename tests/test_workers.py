@@ -12,6 +12,7 @@ import pytest
 from service.fair_accept import ConnectionBoard
 from service.settings import ServiceSettings, usable_cpus
 from tests.support.processes import worker_pids
+from tests.support.raw_http import read_response
 from tests.support.servers import running_server, server_env
 
 
@@ -58,7 +59,7 @@ def connect_many(port: int, count: int) -> list[socket.socket]:
         s.sendall(b"GET /livez HTTP/1.1\r\nHost: t\r\n\r\n")
     for s in sockets:
         s.settimeout(10)
-        assert s.recv(4096).startswith(b"HTTP/1.1 200")
+        assert read_response(s).startswith(b"HTTP/1.1 200")
     return sockets
 
 
