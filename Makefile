@@ -37,7 +37,7 @@ system-deps:  ## Chromium + driver for the browser test (Debian, as root)
 lint: setup  ## ruff and mypy
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy service training
+	$(BIN)/mypy service training mnist_client
 
 test: setup system-deps lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -1,0 +1,32 @@
+"""The service's answers as typed objects, read from its JSON."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One image's answer: the digit, its probability, and the probability of each digit 0-9."""
+
+    digit: int
+    confidence: float
+    probabilities: list[float]
+
+    @classmethod
+    def from_json(cls, body: dict[str, Any]) -> Prediction:
+        return cls(int(body["digit"]), float(body["confidence"]), list(body["probabilities"]))
+
+
+@dataclass(frozen=True)
+class BulkPrediction:
+    """`/predict_bulk`'s answer: a digit and a confidence per image, in input order."""
+
+    count: int
+    digits: list[int]
+    confidences: list[float]
+
+    @classmethod
+    def from_json(cls, body: dict[str, Any]) -> BulkPrediction:
+        return cls(int(body["count"]), list(body["digits"]), list(body["confidences"]))
