@@ -57,6 +57,14 @@ def test_the_service_does_not_import_the_pipeline(tmp_path):
     assert pipeline_modules(modules) == []
 
 
+def test_the_client_imports_neither_torch_nor_the_service():
+    """`mnist_client` must stay light to install and quick to start: httpx and the stdlib."""
+    modules = set(modules_after("import mnist_client, mnist_client.cli"))
+    assert {"mnist_client.client", "mnist_client.cli", "httpx"} <= modules
+    heavy = {"torch", "numpy", "PIL", "bentoml", "service", "training"}
+    assert {m.partition(".")[0] for m in modules} & heavy == set()
+
+
 def test_the_training_core_does_not_import_the_pipeline():
     modules = modules_after(CORE_MODULES)
     assert {"training.cli", "training.registry", "training.train"} <= set(modules)
@@ -69,8 +77,9 @@ def test_the_training_core_does_not_import_the_pipeline():
         ([str(Path(sys.executable).with_name("mnist-train")), "--help"], "usage: mnist-train"),
         ([str(Path(sys.executable).with_name("mnist-build")), "--help"], "usage: mnist-build"),
         ([str(REPO / "scripts" / "build"), "--help"], "usage: mnist-build"),
+        ([str(Path(sys.executable).with_name("mnist-predict")), "--help"], "usage: mnist-predict"),
     ],
-    ids=["mnist-train", "mnist-build", "scripts/build"],
+    ids=["mnist-train", "mnist-build", "scripts/build", "mnist-predict"],
 )
 def test_the_commands_answer_help_from_any_directory(command, usage, tmp_path):
     result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=120)
