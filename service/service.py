@@ -20,7 +20,7 @@ import bentoml
 import prometheus_client
 from starlette.responses import Response
 
-from service import fair_accept, http_protocol, supervisor
+from service import draining, fair_accept, http_protocol, supervisor
 from service.endpoints import Endpoints, Handler
 from service.front_door import front_door
 from service.inference import Classifier, ModelSource
@@ -160,6 +160,7 @@ class MNISTClassifier:
             raise
         self.endpoints = Endpoints(classifier, settings, on_batch=batch_size_histogram.observe)
         ACTIVE["endpoints"] = self.endpoints
+        draining.install(settings.drain_s)  # SIGTERM: not ready first, then shut down
         # The ~250k objects of torch, BentoML and the model live as long as the worker; a full
         # collection walks them all (~110 ms here), which showed up as p99 latency spikes.
         gc.collect()
@@ -171,7 +172,7 @@ class MNISTClassifier:
         )
 
     def __is_ready__(self) -> bool:
-        return hasattr(self, "endpoints")
+        return hasattr(self, "endpoints") and not draining.DRAINING.is_set()
 
     async def _answer(self, ctx: bentoml.Context, handler: Handler) -> Response:
         try:

@@ -74,6 +74,12 @@ class ServiceSettings(BaseSettings):
     body_timeout_s: float = Field(
         30.0, gt=0, le=3600, description="Time a request's body may take (408 after)."
     )
+    drain_s: float = Field(
+        2.0,
+        ge=0,
+        le=60,
+        description="After SIGTERM: seconds /readyz answers 503 (all else served) before shutdown.",
+    )
     access_log: bool = Field(False, description="One line per request on the service.access log.")
     tracing: bool = Field(False, description="OpenTelemetry spans for the prediction routes too.")
     lean_path: bool = Field(
