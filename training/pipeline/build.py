@@ -28,7 +28,9 @@ from training.checkpoint import CheckpointError, creation_time
 from training.cli import config_from_args
 from training.data import DataError, ensure_mnist, file_hexdigest, load_split, write_atomically
 from training.errors import first_line
+from training.pipeline import history
 from training.pipeline.cli import parse_build_args
+from training.pipeline.deploy import DeployResult, roll_out, target_problem
 from training.pipeline.gate import gate
 from training.pipeline.promote import (
     BaselineError,
@@ -48,6 +50,7 @@ from training.pipeline.ship import (
 from training.train import evaluate, format_epoch, train_and_save
 
 STEPS = ("fetch data", "train", "evaluate", "gate", "register", "ship", "report")
+DEPLOY_STEPS = (*STEPS[:-1], "deploy", STEPS[-1])  # with --deploy
 EXIT_OK, EXIT_REFUSED, EXIT_ERROR, EXIT_AFTER_PROMOTION = 0, 1, 2, 3
 Shipped = TypeVar("Shipped", ImageResult, BentoResult)
 
@@ -76,13 +79,14 @@ class StepRecord:
 class StepLog:
     """The progress display: a numbered, timed line as each step starts and ends."""
 
-    def __init__(self) -> None:
+    def __init__(self, names: Sequence[str] = STEPS) -> None:
+        self.names = tuple(names)
         self.records: list[StepRecord] = []
 
     @contextlib.contextmanager
     def __call__(self, name: str) -> Iterator[StepRecord]:
         """Time the block; set the yielded record's `note` (and `status`) to report them."""
-        number = f"[{STEPS.index(name) + 1}/{len(STEPS)}] {name}"
+        number = f"[{self.names.index(name) + 1}/{len(self.names)}] {name}"
         record = StepRecord(name)
         log(f"{number} ...")
         started = time.perf_counter()
@@ -99,7 +103,7 @@ class StepLog:
 
     def skip(self, name: str, reason: str) -> None:
         self.records.append(StepRecord(name, "skipped", note=reason))
-        log(f"[{STEPS.index(name) + 1}/{len(STEPS)}] {name}: skipped: {reason}")
+        log(f"[{self.names.index(name) + 1}/{len(self.names)}] {name}: skipped: {reason}")
 
 
 class Build:
@@ -109,7 +113,7 @@ class Build:
         self, args: argparse.Namespace, argv: Sequence[str], work: Path, folder: ReportFolder
     ) -> None:
         self.args, self.argv, self.folder = args, list(argv), folder
-        self.steps = StepLog()
+        self.steps = StepLog(DEPLOY_STEPS if args.deploy else STEPS)
         self.candidate = work / "candidate.pt"
         self.started_at = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
         self.started = time.perf_counter()
@@ -119,12 +123,18 @@ class Build:
         self.artifacts: dict[str, object] = {"checkpoint": None, "sha256": None}
         self.image = ImageResult()
         self.bento: BentoResult | None = None
+        self.deployment: DeployResult | None = None
+        self.promotion: dict[str, object] | None = None  # its entry in the promotion history
         self.errors: list[str] = []  # failures after the promotion
         self.status = "running"
         self.exit_code = EXIT_OK
 
     def run(self) -> int:
         """Every step in order; returns the exit status. Every gate decision gets a report."""
+        if self.args.deploy:  # before anything is trained: is there a service to roll into?
+            problem = docker_problem() or target_problem(self.args.swarm_service)
+            if problem:
+                raise BuildError(f"--deploy: {problem}")
         self.fetch_data()
         self.train_model()
         self.evaluate_model()
@@ -139,6 +149,8 @@ class Build:
                 self.register()
         if self.status == "promoted":
             self.ship()
+            if self.args.deploy:
+                self.deploy()
         published = self.report()
         self.tell(published)
         return self.exit_code
@@ -199,7 +211,7 @@ class Build:
 
     def promote_nothing(self, status: str, exit_code: int, reason: str) -> None:
         self.status, self.exit_code = status, exit_code
-        for name in ("register", "ship"):
+        for name in ("register", "ship", *(["deploy"] if self.args.deploy else [])):
             self.steps.skip(name, reason)
         self.image.note = f"skipped: {reason}"
 
@@ -218,6 +230,17 @@ class Build:
             self.tag, self.labels = register_promoted(self.candidate, self.meta, self.decision)
             self.version, self.status = self.tag.split(":", 1)[1], "promoted"
             step.note = f"{self.tag} is now stage=production"
+            try:
+                self.promotion = history.record_promotion(
+                    self.tag,
+                    self.meta,
+                    promoted_by="mnist-build" + (" --force" if self.decision.forced else ""),
+                    gate=self.labels["gate"],
+                    baseline=self.decision.baseline,
+                )
+            except (OSError, history.HistoryError) as exc:
+                step.status = "failed"
+                self.fail_after_promotion(f"cannot record the promotion: {exc}")
             output = self.args.output
             try:
                 write_atomically(output, self.candidate.read_bytes())
@@ -275,6 +298,26 @@ class Build:
             log=log,
         )
 
+    def deploy(self) -> None:
+        """Roll the image just shipped into the Swarm service (scripts/rollout deploy)."""
+        if not self.image.built:
+            reason = f"no image to roll out ({self.image.note})"
+            self.steps.skip("deploy", reason)
+            self.deployment = DeployResult(service=self.args.swarm_service, note=reason)
+            return
+        with self.steps("deploy") as step:
+            self.deployment = roll_out(
+                self.image.tags[0],
+                self.args.swarm_service,
+                timeout_s=self.args.deploy_timeout,
+                log_path=self.folder.path("rollout.log"),
+                log=log,
+            )
+            step.note = self.deployment.note
+            if not self.deployment.deployed:
+                step.status = "failed"
+                self.fail_after_promotion(self.deployment.note)
+
     def ship_bento(self) -> BentoResult:
         assert self.tag is not None
         return build_bento(self.tag, self.folder.path("bentoml-build.log"))
@@ -315,6 +358,8 @@ class Build:
             "artifacts": self.artifacts,
             "image": asdict(self.image),
             "bento": asdict(self.bento) if self.bento else None,
+            "deploy": asdict(self.deployment) if self.deployment else None,
+            "promotion": self.promotion,
             "plots": plots,
             "misclassified": [
                 {k: v for k, v in asdict(m).items() if k != "image"} for m in analysis.misclassified
@@ -356,6 +401,8 @@ class Build:
                 f"  checkpoint: {self.args.output} (sha256 {self.artifacts['sha256']})\n"
                 f"  image: {shipped}\n  report: {report_md}"
             )
+            if self.deployment and self.deployment.deployed:
+                log(f"  deployed: {self.deployment.note} in {self.deployment.seconds:.0f} s")
             if self.errors:
                 log(f"error: promoted, but: {'; '.join(self.errors)}", error=True)
             if self.decision.forced:
@@ -364,6 +411,8 @@ class Build:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["history"]:
+        return history.main(argv[1:])
     args = parse_build_args(argv)
     build: Build | None = None
     try:

@@ -4,6 +4,7 @@ and shipping; every flag, default and check."""
 from __future__ import annotations
 
 import argparse
+import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -95,6 +96,27 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also run `bentoml build` for a bento of the promoted model (needs uv, see docs)",
     )
+    d = p.add_argument_group("deploy (Docker Swarm, docs/deploy.md)")
+    d.add_argument(
+        "--deploy",
+        action="store_true",
+        help="after shipping, roll the new image into the running Swarm service with "
+        "`scripts/rollout deploy` (one replica at a time; Swarm rolls a failing image back); "
+        "exit status 3 if that fails",
+    )
+    d.add_argument(
+        "--swarm-service",
+        default=os.environ.get("MNIST_SWARM_SERVICE", "mnist_mnist"),
+        metavar="SERVICE",
+        help="the service --deploy rolls into ($MNIST_SWARM_SERVICE, else <stack>_mnist)",
+    )
+    d.add_argument(
+        "--deploy-timeout",
+        type=float,
+        default=600,
+        metavar="SECONDS",
+        help="how long --deploy waits for the rollout to finish",
+    )
     return p
 
 
@@ -110,6 +132,10 @@ def parse_build_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         p.error("--min-accuracy is a percentage between 0 and 100")
     if not args.tolerance >= 0:
         p.error("--tolerance must be zero or more percentage points")
+    if args.deploy and (args.no_docker or args.dry_run):
+        p.error("--deploy rolls out the image the build ships: not with --no-docker or --dry-run")
+    if not args.deploy_timeout > 0:
+        p.error("--deploy-timeout must be more than 0 seconds")
     if not re.fullmatch(r"[a-z0-9]+([._/-][a-z0-9]+)*", args.image_name):
         p.error("--image-name must be a lowercase Docker repository name")
     return args

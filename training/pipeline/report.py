@@ -206,6 +206,7 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         _row("checkpoint file sha256", f"`{model['file_sha256']}`"),
         _row("checkpoint", report.get("artifacts", {}).get("checkpoint") or "not written"),
         _row("image", ", ".join(image.get("tags") or []) or f"not built ({image.get('note', '')})"),
+        *([_row("deployed", report["deploy"]["note"])] if report.get("deploy") else []),
         _row("git commit", model.get("git_commit") or "unknown"),
         _row("created at", model.get("created_at")),
         _row("total time", f"{report['total_seconds']:.1f} s"),
