@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from training.calibration import Calibration
 from training.data import write_atomically
 from training.errors import CheckpointError, first_line
 from training.model import MLP
@@ -84,6 +85,7 @@ def save_checkpoint(
     data_md5: Mapping[str, str],
     created_at: str | None = None,
     commit: str | None = None,
+    calibration: Mapping[str, Any] | None = None,
 ) -> str:
     """Write the checkpoint atomically and return the file's sha256.
 
@@ -102,6 +104,7 @@ def save_checkpoint(
         "torch_version": str(torch.__version__),
         "created_at": created_at or creation_time(),
         "git_commit": commit,
+        "calibration": dict(calibration) if calibration is not None else None,
     }
     buffer = io.BytesIO()
     torch.save(payload, buffer)
@@ -130,6 +133,12 @@ class Checkpoint:
     @property
     def weights_sha256(self) -> str:
         return str(self.metadata["weights_sha256"])
+
+    @property
+    def calibration(self) -> Calibration | None:
+        """Temperature and flag thresholds; None for a recipe without a held-out slice."""
+        values = self.metadata.get("calibration")
+        return Calibration.from_dict(values) if values is not None else None
 
     @classmethod
     def load(cls, path: Path) -> Checkpoint:
@@ -177,6 +186,11 @@ def _validated_payload(data: bytes, path: Path) -> dict[str, Any]:
         raise CheckpointError(f"checkpoint {path} failed its integrity check (weights changed)")
     if not all(torch.isfinite(v).all() for v in state_dict.values()):
         raise CheckpointError(f"checkpoint {path} holds non-finite weights")
+    if payload.get("calibration") is not None:
+        try:
+            Calibration.from_dict(payload["calibration"])
+        except ValueError as exc:
+            raise CheckpointError(f"checkpoint {path}: {exc}") from None
     accuracy = payload.get("metrics", {}).get("test_accuracy")
     if accuracy is not None and not math.isfinite(accuracy):
         raise CheckpointError(f"checkpoint {path} reports a non-finite accuracy")

@@ -11,31 +11,54 @@ import argparse
 import sys
 import tempfile
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 from training.checkpoint import creation_time
 from training.data import DataError, ensure_mnist, load_split
-from training.train import LOSSES, TrainConfig, format_epoch, resolve_device, train_and_save
+from training.train import (
+    LOSSES,
+    RECIPES,
+    TrainConfig,
+    format_epoch,
+    resolve_device,
+    train_and_save,
+)
 
 DEFAULTS = TrainConfig()
 QUICK_EPOCHS, QUICK_LIMIT = 1, 2000
 
 
-def add_training_arguments(parser: argparse.ArgumentParser, *, data_dir: Path) -> None:
-    """Add --epochs, --batch-size, --lr, --hidden, --seed, --loss, --limit, --device, --data-dir."""
-    t = parser.add_argument_group("training (the seed recipe by default)")
-    t.add_argument("--epochs", type=int, default=DEFAULTS.epochs, help="passes over the data")
-    t.add_argument("--batch-size", type=int, default=DEFAULTS.batch_size, help="images per step")
-    t.add_argument("--lr", type=float, default=DEFAULTS.lr, help="Adam learning rate")
-    t.add_argument("--hidden", type=int, default=DEFAULTS.hidden, help="hidden layer width")
-    t.add_argument("--seed", type=int, default=DEFAULTS.seed, help="seed for init and shuffling")
-    t.add_argument("--loss", choices=LOSSES, default=DEFAULTS.loss, help="training loss")
+def add_training_arguments(
+    parser: argparse.ArgumentParser, *, data_dir: Path, recipe: str = "seed"
+) -> None:
+    """Add --recipe and the flags that override it (--epochs, --lr, ...), plus --data-dir.
+
+    A flag left out takes the recipe's value, so `--recipe robust --epochs 3` is the robust
+    recipe, shorter.
+    """
+    t = parser.add_argument_group(f"training (the {recipe} recipe unless told otherwise)")
     t.add_argument(
-        "--limit",
-        type=int,
-        default=None,
-        help="train on the first N images only; all 60,000 when None",
+        "--recipe",
+        choices=tuple(RECIPES),
+        default=recipe,
+        help="seed: the reference MLP recipe; robust: augmentation, outlier exposure, "
+        "one-cycle schedule and a held-out slice for calibration (docs/retraining.md)",
     )
+    robust = RECIPES["robust"]
+
+    def override(flag: str, kind: type, what: str, field: str, **extra: object) -> None:
+        values = f"seed {getattr(DEFAULTS, field)}, robust {getattr(robust, field)}"
+        t.add_argument(flag, type=kind, default=argparse.SUPPRESS, help=f"{what} ({values})",
+                       **extra)  # fmt: skip
+
+    override("--epochs", int, "passes over the data", "epochs")
+    override("--batch-size", int, "images per step", "batch_size")
+    override("--lr", float, "Adam (peak) learning rate", "lr")
+    override("--hidden", int, "hidden layer width", "hidden")
+    override("--seed", int, "seed for init, shuffling and augmentation", "seed")
+    override("--loss", str, "training loss", "loss", choices=LOSSES)
+    override("--limit", int, "train on the first N images only; None: all", "limit")
     t.add_argument(
         "--device",
         choices=("auto", "cpu", "cuda"),
@@ -47,27 +70,26 @@ def add_training_arguments(parser: argparse.ArgumentParser, *, data_dir: Path) -
     )
 
 
+OVERRIDABLE = ("epochs", "batch_size", "lr", "hidden", "seed", "loss", "limit")
+
+
 def check_training_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Exit with a usage error (status 2) naming the first bad training flag."""
-    for name in ("epochs", "batch_size", "hidden"):
-        if getattr(args, name) < 1:
+    for name in ("epochs", "batch_size", "hidden", "limit"):
+        value = getattr(args, name, None)
+        if value is not None and value < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
-    if args.limit is not None and args.limit < 1:
-        parser.error("--limit must be at least 1")
-    if not args.lr > 0:
+    if not getattr(args, "lr", 1.0) > 0:  # NaN too
         parser.error("--lr must be positive")
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """The run's config; raises ValueError when --device cuda is asked for without CUDA."""
-    return TrainConfig(
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        hidden=args.hidden,
-        seed=args.seed,
-        loss=args.loss,
-        limit=args.limit,
+    """The recipe's config with the given flags applied; ValueError for CUDA without CUDA."""
+    overrides = {name: getattr(args, name, None) for name in OVERRIDABLE}
+    recipe = RECIPES[args.recipe]
+    return replace(
+        recipe,
+        **{k: v for k, v in overrides.items() if v is not None},
         device=str(resolve_device(args.device)),
     )
 
@@ -104,10 +126,22 @@ def parse_training_args(argv: Sequence[str] | None = None) -> argparse.Namespace
     args = p.parse_args(argv)
     check_training_arguments(p, args)
     if args.dry_run:
-        args.epochs, args.limit, args.register = 1, args.limit or QUICK_LIMIT, False
+        args.epochs, args.register = QUICK_EPOCHS, False
+        args.limit = getattr(args, "limit", None) or QUICK_LIMIT
     if args.output is None:
         args.output = DRY_RUN_OUTPUT if args.dry_run else DEFAULT_OUTPUT
     return args
+
+
+def describe_calibration(report: dict) -> str:
+    """One line: ECE on the test set before/after temperature scaling, and the flag rate."""
+    before = f"ECE on the test set {100 * report['ece_before']:.2f}%"
+    if "temperature" not in report:
+        return f"{before}; not calibrated (the recipe holds no images out), no uncertain flag"
+    return (
+        f"{before} -> {100 * report['ece_after']:.2f}% at temperature "
+        f"{report['temperature']:.3f}; {100 * report['flagged']:.2f}% of test digits flagged"
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -131,6 +165,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         created_at=created_at,
     )
     print(f"test accuracy {100 * result.test_accuracy:.2f}%")
+    print(describe_calibration(checkpoint.metadata["metrics"]["calibration"]))
     print(f"saved {args.output} sha256 {checkpoint.sha256}")
     if args.register:
         from training.registry import register_checkpoint
