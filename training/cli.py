@@ -13,6 +13,7 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from training.checkpoint import creation_time
 from training.data import DataError, ensure_mnist, load_split
@@ -47,7 +48,7 @@ def add_training_arguments(
     )
     robust = RECIPES["robust"]
 
-    def override(flag: str, kind: type, what: str, field: str, **extra: object) -> None:
+    def override(flag: str, kind: type, what: str, field: str, **extra: Any) -> None:
         values = f"seed {getattr(DEFAULTS, field)}, robust {getattr(robust, field)}"
         t.add_argument(flag, type=kind, default=argparse.SUPPRESS, help=f"{what} ({values})",
                        **extra)  # fmt: skip
@@ -133,7 +134,7 @@ def parse_training_args(argv: Sequence[str] | None = None) -> argparse.Namespace
     return args
 
 
-def describe_calibration(report: dict) -> str:
+def describe_calibration(report: dict[str, Any]) -> str:
     """One line: ECE on the test set before/after temperature scaling, and the flag rate."""
     before = f"ECE on the test set {100 * report['ece_before']:.2f}%"
     if "temperature" not in report:
