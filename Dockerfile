@@ -1,6 +1,7 @@
 # MNIST digit classifier served by BentoML, CPU-only.
 #
 #   docker build -t mnist-service .                      # needs artifacts/model.pt (make train)
+#   (--build-arg MODEL_TAG=mnist-mlp:<version>: the store tag of that checkpoint, for /model_info)
 #   docker run --rm -p 3000:3000 mnist-service
 #
 # Without a registry, run scripts/docker-engine.sh first and add the build argument it prints
@@ -123,6 +124,10 @@ ENV PATH=/opt/venv/bin:$PATH \
 COPY service/ /app/service/
 COPY training/*.py /app/training/
 COPY --from=checkpoint /model.pt /app/model.pt
+# The store tag the checkpoint was promoted as (`scripts/build` passes it), for /model_info and
+# the Open Inference model version; empty: they name the checkpoint by its sha256.
+ARG MODEL_TAG=""
+ENV MNIST_MODEL_TAG=${MODEL_TAG}
 
 USER 10001:10001
 EXPOSE 3000

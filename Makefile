@@ -28,8 +28,11 @@ train: setup
 retrain: setup  ## retrain, gate, promote, ship: make retrain ARGS="--dry-run"
 	$(BIN)/mnist-build $(ARGS)
 
+# Every interface; `make serve SERVE_HOST=127.0.0.1` listens for this machine only.
+SERVE_HOST ?= 0.0.0.0
+
 serve: model
-	$(BIN)/bentoml serve --port 3000
+	$(BIN)/bentoml serve --host $(SERVE_HOST) --port 3000
 
 system-deps:  ## Chromium + driver for the browser test (Debian, as root)
 	bash scripts/system-deps.sh

@@ -12,11 +12,16 @@ from typing import Any
 
 import numpy as np
 
+from service.open_inference import model_version
+
 
 @dataclass(frozen=True)
 class ModelSource:
     path: Path
-    tag: str | None  # BentoML store tag, None when served from a plain file
+    # The BentoML store tag: of the entry served, or the one a plain file was promoted as
+    # (MNIST_MODEL_TAG, set by the Docker image); None when unknown.
+    tag: str | None
+    from_store: bool = False
 
 
 class Classifier:
@@ -43,7 +48,8 @@ class Classifier:
         metrics = meta.get("metrics", {})
         return {
             "tag": self.source.tag,
-            "source": "bentoml-store" if self.source.tag else "file",
+            "version": model_version(self.source.tag, meta["sha256"]),
+            "source": "bentoml-store" if self.source.from_store else "file",
             "sha256": meta["sha256"],
             "weights_sha256": meta["weights_sha256"],
             "architecture": meta["architecture"],

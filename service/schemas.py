@@ -83,6 +83,7 @@ class ModelInfo(BaseModel):
         json_schema_extra={
             "example": {
                 "tag": "mnist-mlp:nbtqajxkus7joax4",
+                "version": "nbtqajxkus7joax4",
                 "source": "bentoml-store",
                 "sha256": "df5262ab913c9286b0a6d0854c342bdfd9c5fdeb39c7e167225a1a4586ac5487",
                 "weights_sha256": "ce1a3ff01e2744ba" + "0" * 48,
@@ -95,7 +96,12 @@ class ModelInfo(BaseModel):
     )
 
     tag: Annotated[str | None, nullable("string")] = Field(
-        description="BentoML store tag, or null when served from a file."
+        description="BentoML store tag: of the entry served, or the one the served file was "
+        "promoted as (`MNIST_MODEL_TAG`, set in the Docker image); null when unknown."
+    )
+    version: str = Field(
+        description="The tag's version, else the first 16 hex digits of sha256: the Open "
+        "Inference Protocol's model version."
     )
     source: str = Field(description="`bentoml-store` or `file`.")
     sha256: str = Field(description="sha256 of the checkpoint file.")

@@ -83,8 +83,9 @@ def model_source(stored_model: Any) -> ModelSource:
     """Where the checkpoint is: the store entry's file, else MODEL_PATH."""
     if stored_model is None:
         assert settings.model_path is not None  # resolve_tag_or_exit chose the file
-        return ModelSource(settings.model_path, None)
-    return ModelSource(stored_model.path_of(CHECKPOINT_FILE), str(stored_model.tag))
+        return ModelSource(settings.model_path, settings.model_tag)
+    path = stored_model.path_of(CHECKPOINT_FILE)
+    return ModelSource(path, str(stored_model.tag), from_store=True)
 
 
 def resolve_tag_or_exit() -> str | None:

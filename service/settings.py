@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -19,6 +20,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from service.preprocess import MAX_IMAGE_PIXELS
 
+MODEL_TAG = re.compile(r"[a-z0-9][a-z0-9._-]*:[A-Za-z0-9][A-Za-z0-9._-]*")
+
 
 class ServiceSettings(BaseSettings):
     """Environment variables `MNIST_*` (and the two plain names `MODEL_PATH`, `API_KEY`)."""
@@ -31,6 +34,11 @@ class ServiceSettings(BaseSettings):
         None,
         validation_alias=AliasChoices("MODEL_PATH", "MNIST_MODEL_PATH"),
         description="Checkpoint file to serve; unset: mnist-mlp:latest from the BentoML store.",
+    )
+    model_tag: str | None = Field(
+        None,
+        description="With MODEL_PATH: the store tag its checkpoint was promoted as, for "
+        "/model_info (the Docker image sets it from its MODEL_TAG build argument); empty: none.",
     )
     api_key: SecretStr | None = Field(
         None,
@@ -128,6 +136,15 @@ class ServiceSettings(BaseSettings):
                 raise ValueError("must be auto or a whole number from 1 to 64")
             return int(value)
         raise ValueError("must be auto or a whole number from 1 to 64")
+
+    @field_validator("model_tag", mode="before")
+    @classmethod
+    def _model_tag(cls, value: object) -> object:
+        if isinstance(value, str) and not value.strip():
+            return None  # a Dockerfile cannot leave an ENV unset: empty means no tag
+        if isinstance(value, str) and not MODEL_TAG.fullmatch(value):
+            raise ValueError("must be a BentoML tag NAME:VERSION, such as mnist-mlp:abc123")
+        return value
 
     @property
     def worker_count(self) -> int:

@@ -431,6 +431,10 @@ def test_the_ship_step_builds_an_image_that_packs_the_promoted_checkpoint(site, 
             ).stdout
         )
         assert labels["mnist.model.tag"] == tag
+        config_env = docker(
+            "image", "inspect", "--format", "{{json .Config.Env}}", shipped["tags"][1]
+        ).stdout
+        assert f"MNIST_MODEL_TAG={tag}" in json.loads(config_env)  # /model_info names the tag
         assert not list((REPO / "artifacts").glob(".ship-*")), "staging copy left behind"
     finally:
         listed = docker("images", "--format", "{{.Repository}}:{{.Tag}}", image, check=False)

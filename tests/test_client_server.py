@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -16,7 +17,7 @@ from mnist_client import MnistClient, MnistClientError
 from tests.support import REPO
 from tests.support.servers import Server, free_port, running_server, server_env
 
-API_KEY = "client-test-key"
+API_KEY = "s3cret"  # as in the README's examples
 SAMPLES = REPO / "samples"
 
 
@@ -163,3 +164,27 @@ def test_the_cli_refuses_bad_usage_with_exit_2(args):
     result = mnist_predict(*args, MNIST_URL="http://127.0.0.1:1")
     assert result.returncode == 2
     assert "usage: mnist-predict" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_the_readme_client_example_prints_what_its_comments_say(keyed_server, ten_digits):
+    readme = (REPO / "README.md").read_text()
+    [example] = [b for b in re.findall(r"```python\n(.*?)```", readme, re.S) if "MnistClient(" in b]
+    env = {k: v for k, v in os.environ.items() if k != "MNIST_API_KEY"}
+    result = subprocess.run(
+        [sys.executable, "-c", example],
+        cwd=REPO,
+        env={**env, "MNIST_URL": keyed_server.url},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    with MnistClient(keyed_server.url, api_key=API_KEY) as client:
+        version = client.model_info()["version"]
+    assert result.stdout.splitlines() == [
+        "7",
+        str(ten_digits),
+        str(ten_digits[1]),
+        f"{version} True",
+        "422 no digit found in image 0 (it is blank)",
+    ]

@@ -7,6 +7,7 @@ one these tests are skipped, except under CI=true, where a missing engine is a f
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import shutil
 import time
@@ -22,6 +23,7 @@ from tests.support import REPO
 from tests.support.docker_images import remove_checkpoint_stage, remove_image
 from tests.support.servers import free_port
 from training.pipeline.ship import base_image, docker
+from training.registry import MODEL_NAME
 
 pytestmark = [pytest.mark.e2e, pytest.mark.docker, pytest.mark.timeout(1800)]
 
@@ -90,6 +92,8 @@ def image(docker_engine: None, trained_checkpoint: Path) -> Iterator[str]:
                 *base_image_args(),
                 "--build-arg",
                 f"MODEL_PATH={model_path}",
+                "--build-arg",
+                f"MODEL_TAG={MODEL_NAME}:{build_id}",  # as scripts/build passes it
                 "-t",
                 tag,
                 str(REPO),
@@ -153,6 +157,19 @@ def test_open_inference_clients_work_against_the_image(
             await rest.close()
 
     assert asyncio.run(kserve_ready())
+
+
+def test_model_info_names_the_store_tag_the_image_was_built_from(
+    image: str, container: tuple[str, str], trained_checkpoint: Path
+) -> None:
+    _, base_url = container
+    version = image.rpartition(":")[2]  # the fixture passed MODEL_TAG=mnist-mlp:<its build id>
+    info = httpx.get(f"{base_url}/model_info", timeout=10).json()
+    assert info["tag"] == f"{MODEL_NAME}:{version}" and info["version"] == version
+    assert info["source"] == "file"
+    assert info["sha256"] == hashlib.sha256(trained_checkpoint.read_bytes()).hexdigest()
+    model = httpx.get(f"{base_url}/v2/models/mnist", timeout=10).json()
+    assert model["versions"] == [version]  # the Open Inference model version is the same
 
 
 def test_server_runs_as_non_root_user(container: tuple[str, str]) -> None:

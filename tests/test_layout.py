@@ -85,3 +85,16 @@ def test_the_commands_answer_help_from_any_directory(command, usage, tmp_path):
     result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith(usage)
+
+
+@pytest.mark.parametrize(
+    ("args", "host"), [([], "0.0.0.0"), (["SERVE_HOST=127.0.0.1"], "127.0.0.1")]
+)
+def test_make_serve_listens_where_the_readme_says(args, host):
+    """All interfaces by default (the README warns of it); SERVE_HOST binds one address."""
+    result = subprocess.run(
+        ["make", "-n", "serve", *args], cwd=REPO, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    serve = [line for line in result.stdout.splitlines() if "bentoml serve" in line]
+    assert serve and serve[-1].endswith(f"bentoml serve --host {host} --port 3000"), serve

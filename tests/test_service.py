@@ -129,6 +129,7 @@ def test_model_info_describes_the_served_checkpoint(server, trained_checkpoint):
     assert info["test_accuracy"] == pytest.approx(meta["metrics"]["test_accuracy"])
     assert info["config"]["epochs"] == 3
     assert info["source"] == "file" and info["tag"] is None
+    assert info["version"] == meta["sha256"][:16]  # as the Open Inference routes name it
     assert info["created_at"] == meta["created_at"]
 
 
@@ -251,10 +252,12 @@ def test_bad_input_gets_a_clear_4xx_and_the_server_keeps_serving(server, case, m
 
 
 def test_client_errors_are_logged_as_one_line_not_a_traceback(server):
+    before = server.log().count("/predict_image")
     httpx.post(f"{server.url}/predict_image", files={"image": ("x.png", b"garbage!")}, timeout=10)
     log = server.log()
     assert "POST /predict_image -> 400" in log
     assert "Traceback" not in log
+    assert log.count("/predict_image") == before + 1  # one line, as the README says
 
 
 @pytest.mark.parametrize(

@@ -18,6 +18,7 @@ BAD_SETTINGS = {
     "API_KEY": "",
     "MNIST_API_KEY": " ",
     "MODEL_PATH": "",
+    "MNIST_MODEL_TAG": "mnist-mlp",
 }
 
 
@@ -53,3 +54,10 @@ def test_the_api_key_can_come_from_a_secret_file(tmp_path, monkeypatch):
     monkeypatch.setenv("API_KEY_FILE", str(tmp_path / "missing"))
     with pytest.raises(SystemExit, match="API_KEY_FILE: cannot read"):
         load_settings()
+
+
+def test_an_empty_model_tag_is_none_as_the_docker_image_sets_it(monkeypatch):
+    monkeypatch.setenv("MNIST_MODEL_TAG", "")
+    assert load_settings().model_tag is None
+    monkeypatch.setenv("MNIST_MODEL_TAG", "mnist-mlp:k2bpv6qz4wm5ccdq")
+    assert load_settings().model_tag == "mnist-mlp:k2bpv6qz4wm5ccdq"

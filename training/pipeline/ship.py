@@ -117,15 +117,17 @@ def build_image(
         command = ["docker", "build", "--force-rm", "--build-arg", f"MODEL_PATH={model_path}"]
         if result.base_image:
             command += ["--build-arg", f"BASE_IMAGE={result.base_image}"]
+        command += ["--build-arg", f"MODEL_TAG={tag}"]  # the image's /model_info names it
         command += ["--label", f"org.opencontainers.image.version={version}"]
         command += ["--label", f"mnist.model.tag={tag}", "--label", f"mnist.model.sha256={sha256}"]
         for image_tag in tags:
             command += ["-t", image_tag]
         result.command = [*command, str(REPO)]
-        log(f"    {' '.join(result.command)}  (output: {log_path})")
+        # The report folder is renamed when it is published: name the log, not its temp path.
+        log(f"    {' '.join(result.command)}  (output: {log_path.name} in the report folder)")
         returncode = run_logged(result.command, log_path)
     if returncode != 0:
-        result.note = f"docker build exited {returncode}; see {log_path}"
+        result.note = f"docker build exited {returncode}; see {log_path.name} in the report folder"
         return result
     result.image_id = docker("image", "inspect", "--format", "{{.Id}}", tags[0]).stdout.strip()
     packed = docker(
@@ -151,7 +153,10 @@ def build_bento(tag: str, log_path: Path) -> BentoResult:
     printed = log_path.read_text(errors="replace").splitlines()
     tags = [line.removeprefix("__tag__:") for line in printed if line.startswith("__tag__:")]
     if returncode != 0 or not tags:
-        result.note = f"bentoml build exited {returncode} without a bento tag; see {log_path}"
+        result.note = (
+            f"bentoml build exited {returncode} without a bento tag; "
+            f"see {log_path.name} in the report folder"
+        )
         return result
     result.built, result.tag = True, tags[-1]
     return result
