@@ -94,7 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--bentoml-build",
         action="store_true",
-        help="also run `bentoml build` for a bento of the promoted model (needs uv, see docs)",
+        help="also run `bentoml build` for a bento of the promoted model (BentoML installs uv "
+        "and locks packages from PyPI; docs/retraining.md)",
     )
     d = p.add_argument_group("deploy (Docker Swarm, docs/deploy.md)")
     d.add_argument(
