@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.support import REPO
-from tests.test_build import QUICK, WORSE, Site, promoted_tag
+from tests.test_build import QUICK, WORSE, Site, promoted_tag, sha256
 from training.pipeline import history
 
 METADATA = {"sha256": "a" * 64, "weights_sha256": "b" * 64, "metrics": {"test_accuracy": 0.98}}
@@ -84,10 +84,10 @@ def test_the_table_marks_the_serving_model(tmp_path: Path) -> None:
 # ---- real builds ---------------------------------------------------------------------------
 
 
-def run_history(site: Site, *args: str) -> subprocess.CompletedProcess:
-    """`scripts/build history` against the site's store."""
+def run_history(site: Site, *args: str, command: str = "history") -> subprocess.CompletedProcess:
+    """`scripts/build history` (or `rollback`) against the site's store."""
     return subprocess.run(
-        [str(REPO / "scripts" / "build"), "history", *args],
+        [str(REPO / "scripts" / "build"), command, *args],
         cwd=site.root,
         env=site.env(),
         capture_output=True,
@@ -97,7 +97,9 @@ def run_history(site: Site, *args: str) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.e2e
-def test_builds_record_which_model_was_production_when(tmp_path: Path) -> None:
+def test_builds_record_which_model_was_production_when_and_rollback_serves_the_one_before(
+    tmp_path: Path,
+) -> None:
     site = Site(tmp_path / "site")
     first = promoted_tag(site.build(*QUICK, "--no-docker"))
     # As if the first model had been promoted before histories were kept: the next promotion
@@ -119,6 +121,29 @@ def test_builds_record_which_model_was_production_when(tmp_path: Path) -> None:
     assert entries[0]["sha256"] == site.report(first.split(":")[1])["model"]["file_sha256"]
     table = run_history(site)
     assert table.returncode == 0 and second in table.stdout.splitlines()[-1], table.stdout
+
+    # Roll back: the first model is served again, registered anew; nothing is deleted.
+    models_before = set(site.store()["models"])
+    back = run_history(site, "--output", str(site.root / "back.pt"), command="rollback")
+    assert back.returncode == 0, back.stdout + back.stderr
+    store = site.store()
+    again = store["serving"]
+    assert again not in models_before and models_before < set(store["models"])
+    labels = store["models"][again]
+    assert labels["gate"] == "rollback" and labels["replaces"] == second
+    assert labels["rollback_to"] == first
+    first_sha = site.report(first.split(":")[1])["model"]["file_sha256"]
+    assert sha256(site.root / "back.pt") == first_sha
+    entries = json.loads(run_history(site, "--json").stdout)
+    assert [e["tag"] for e in entries] == [first, second, again]
+    assert entries[1].get("rolled_back") and not entries[0].get("rolled_back")
+    assert entries[2]["sha256"] == first_sha and entries[2]["promoted_by"] == "mnist-build rollback"
+    # Rolling back again would mean the rolled-back model or the one serving: refused.
+    twice = run_history(site, "--no-output", command="rollback")
+    assert twice.returncode == 2 and "Traceback" not in twice.stderr
+    assert twice.stderr.startswith("error: no earlier production model to roll back to from")
+    assert site.store()["serving"] == again
+
     (site.home / history.HISTORY_FILE).write_text("{broken")
     broken = run_history(site)
     assert broken.returncode == 2 and "Traceback" not in broken.stderr

@@ -28,7 +28,7 @@ from training.checkpoint import CheckpointError, creation_time
 from training.cli import config_from_args
 from training.data import DataError, ensure_mnist, file_hexdigest, load_split, write_atomically
 from training.errors import first_line
-from training.pipeline import history
+from training.pipeline import history, rollback
 from training.pipeline.cli import parse_build_args
 from training.pipeline.deploy import DeployResult, roll_out, target_problem
 from training.pipeline.gate import gate
@@ -413,6 +413,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["history"]:
         return history.main(argv[1:])
+    if argv[:1] == ["rollback"]:
+        return rollback.main(argv[1:])
     args = parse_build_args(argv)
     build: Build | None = None
     try:

@@ -96,9 +96,11 @@ def record_promotion(
     gate: str,
     baseline: Baseline | None,
     note: str = "",
+    rolled_back: bool = False,
     path: Path | None = None,
 ) -> dict[str, Any]:
-    """Close the serving entry and append `tag` as production from now. Call under the lock."""
+    """Close the serving entry (marked `rolled_back` if so) and append `tag` as production from
+    now. Call under the promotion lock."""
     entries = read_history(path)
     if not entries and baseline is not None:
         entries.append(earlier_entry(baseline))
@@ -106,6 +108,8 @@ def record_promotion(
     for entry in entries:
         if entry.get("to") is None:
             entry["to"] = when
+            if rolled_back:
+                entry["rolled_back"] = True
     entry = {
         "tag": tag,
         "sha256": metadata.get("sha256"),
@@ -136,6 +140,7 @@ def format_history(entries: Sequence[dict[str, Any]]) -> str:
             f"{entry.get('promoted_by', '?')}"
             + (f" ({entry['by']})" if entry.get("by") else "")
             + (f", gate {entry['gate']}" if entry.get("gate") else "")
+            + (", rolled back" if entry.get("rolled_back") else "")
         )
     return "\n".join(lines)
 
