@@ -66,12 +66,15 @@ def predict_file(client: MnistClient, path: str) -> tuple[dict[str, Any], bool]:
         fatal = error.status not in PER_FILE_STATUSES
         return {"file": path, "error": error.message, "status": error.status}, fatal
     answer = {"digit": prediction.digit, "confidence": prediction.confidence}
+    if prediction.uncertain is not None:  # only from a server that flags uncertain answers
+        answer["uncertain"] = prediction.uncertain
     return {"file": path, **answer, "probabilities": prediction.probabilities}, False
 
 
 def show(result: dict[str, Any]) -> None:
     if "error" not in result:
-        print(f"{result['file']}: {result['digit']} (confidence {result['confidence']:.4f})")
+        flag = ", uncertain" if result.get("uncertain") else ""
+        print(f"{result['file']}: {result['digit']} (confidence {result['confidence']:.4f}{flag})")
         return
     status = f"{result['status']} " if result["status"] is not None else ""
     print(f"mnist-predict: error: {result['file']}: {status}{result['error']}", file=sys.stderr)

@@ -8,15 +8,18 @@ from typing import Any
 
 @dataclass(frozen=True)
 class Prediction:
-    """One image's answer: the digit, its probability, and the probability of each digit 0-9."""
+    """One image's answer: the digit, its probability, and the probability of each digit 0-9;
+    `uncertain` when the server flags it (None when it does not say)."""
 
     digit: int
     confidence: float
     probabilities: list[float]
+    uncertain: bool | None = None
 
     @classmethod
     def from_json(cls, body: dict[str, Any]) -> Prediction:
-        return cls(int(body["digit"]), float(body["confidence"]), list(body["probabilities"]))
+        digit, confidence = int(body["digit"]), float(body["confidence"])
+        return cls(digit, confidence, list(body["probabilities"]), body.get("uncertain"))
 
 
 @dataclass(frozen=True)

@@ -176,3 +176,26 @@ def test_health_is_false_while_the_server_is_not_ready():
     assert client.health() is False
     assert client.health() is True
     assert server.sleeps == []  # a readiness probe is never retried
+
+
+def test_a_prediction_keeps_the_uncertain_flag_when_the_server_sends_one():
+    flagged = {**PREDICTION, "uncertain": True}
+    server = Recorder(httpx.Response(200, json=PREDICTION), httpx.Response(200, json=flagged))
+    client = server.client()
+    assert client.predict_image(b"x").uncertain is None
+    assert client.predict_image(b"x").uncertain is True
+
+
+def test_the_cli_shows_the_uncertain_flag_when_the_server_sends_one(tmp_path, monkeypatch, capsys):
+    from mnist_client import cli
+
+    (tmp_path / "d.png").write_bytes(b"png")
+    answers = Recorder(*(httpx.Response(200, json={**PREDICTION, "uncertain": True}),) * 2)
+    transport = httpx.MockTransport(answers.handle)
+    monkeypatch.setattr(
+        cli, "MnistClient", lambda *a, **k: MnistClient(*a, transport=transport, **k)
+    )
+    assert cli.main([str(tmp_path / "d.png")]) == 0
+    assert capsys.readouterr().out == f"{tmp_path / 'd.png'}: 7 (confidence 0.9000, uncertain)\n"
+    assert cli.main(["--json", str(tmp_path / "d.png")]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["uncertain"] is True
