@@ -2,9 +2,10 @@
 
 It does exactly the service's work per request, so only the serving stack differs: the project's
 decode (`service.preprocess.preprocess_image_bytes`), the project's checkpoint loader and forward
-pass, and the service's own JSON shaping (`service.inference.prediction`). TorchServe hands a
-batch (batchSize 64, maxBatchDelay 5 ms) as a list with one dict per request; for a multipart
-upload the dict is keyed by form field name, so the PNG is `request["image"]` (a bytearray).
+pass (`service.inference.Classifier.outputs`, calibration and flag included), and the service's
+own JSON shaping (`service.inference.prediction`). TorchServe hands a batch (batchSize 64,
+maxBatchDelay 5 ms) as a list with one dict per request; for a multipart upload the dict is
+keyed by form field name, so the PNG is `request["image"]` (a bytearray).
 
 The repository must be importable in TorchServe's worker: `benchmarks.side_by_side` starts
 TorchServe with PYTHONPATH set to the repository root, which TorchServe passes to its workers.
@@ -20,21 +21,21 @@ from typing import Any
 import numpy as np
 import torch
 
-from service.inference import prediction
+from service.inference import Classifier, ModelSource, prediction
 from service.preprocess import preprocess_image_bytes
-from training import load_model
 
 FIELD = "image"
-_models: dict[str, torch.nn.Module] = {}
+_models: dict[str, Classifier] = {}
 
 
-def _model(context: Any) -> torch.nn.Module:
+def _model(context: Any) -> Classifier:
     """Load the archived checkpoint once per worker (TorchServe calls `handle` for everything)."""
     if "mlp" not in _models:
         torch.set_num_threads(1)  # as the service and the bare app: one thread per worker
         properties = context.system_properties
         manifest = context.manifest["model"]
-        _models["mlp"] = load_model(Path(properties["model_dir"]) / manifest["serializedFile"])
+        path = Path(properties["model_dir"]) / manifest["serializedFile"]
+        _models["mlp"] = Classifier(ModelSource(path, None))
     return _models["mlp"]
 
 
@@ -53,8 +54,7 @@ def handle(data: list[dict[str, Any]] | None, context: Any) -> list[bytes] | Non
     if data is None:  # TorchServe's initialisation call
         return None
     images = np.stack([preprocess_image_bytes(_image_bytes(request)) for request in data])
-    with torch.inference_mode():
-        rows = model(torch.from_numpy(images.reshape(len(data), 784))).softmax(dim=1).numpy()
+    rows = model.outputs(images.reshape(len(data), 784))
     for index in range(len(data)):
         context.set_response_content_type(index, "application/json")
     return [json.dumps(prediction(row)).encode() for row in rows]

@@ -20,7 +20,7 @@ from starlette.responses import Response
 from service.batcher import MicroBatcher
 from service.budget import Budget
 from service.decode_policy import ImageHeader, open_image
-from service.inference import Classifier, prediction
+from service.inference import Classifier, prediction, probabilities_of, uncertain_of
 from service.preprocess import (
     NoDigitFoundError,
     PreprocessError,
@@ -79,7 +79,7 @@ class Endpoints:
         self.body_budget = Budget("request body bytes", settings.max_body_bytes_in_flight)
         self.decode_budget = Budget("decode memory bytes", settings.max_decode_bytes_in_flight)
         self.batcher = MicroBatcher(
-            classifier.probabilities,
+            classifier.outputs,
             max_batch_size=settings.max_batch_size if settings.batching else 1,
             max_latency_ms=settings.max_latency_ms,
             on_batch=on_batch,
@@ -119,7 +119,7 @@ class Endpoints:
         images = np.stack(
             [await self.preprocess(d, h) for d, h in zip(files, headers, strict=True)]
         )
-        return json_response([prediction(row) for row in await self.probabilities(images)])
+        return json_response([prediction(row) for row in await self.outputs(images)])
 
     async def predict(self, request: Request) -> Response:
         """A JSON batch of 28x28 (or 784) float arrays in [0, 1], white on black."""
@@ -130,7 +130,7 @@ class Endpoints:
             images = images_from_json(body, limit)
         else:  # parsing megabytes of JSON takes a while: not on the event loop
             images = await self.in_thread(images_from_json, body, limit)
-        return json_response([prediction(row) for row in await self.probabilities(images)])
+        return json_response([prediction(row) for row in await self.outputs(images)])
 
     async def predict_bulk(self, request: Request) -> Response:
         """Raw N x 784 uint8 bytes (application/octet-stream) -> parallel digit/confidence lists."""
@@ -140,7 +140,8 @@ class Endpoints:
             images = parse_bulk(body, self.settings.max_bulk_images)
         else:  # 78 MB to float32 takes a while: not on the event loop
             images = await self.in_thread(parse_bulk, body, self.settings.max_bulk_images)
-        probabilities = await self.probabilities(images)
+        outputs = await self.outputs(images)
+        probabilities = probabilities_of(outputs)
         digits = probabilities.argmax(axis=1)
         confidences = probabilities[np.arange(len(digits)), digits]
         return json_response(
@@ -148,6 +149,7 @@ class Endpoints:
                 "count": len(digits),
                 "digits": digits.tolist(),
                 "confidences": np.round(confidences.astype(np.float64), 6).tolist(),
+                "uncertain": uncertain_of(outputs),
             }
         )
 
@@ -200,10 +202,11 @@ class Endpoints:
             finally:
                 self.decode_budget.release(header.peak_bytes)
 
-    async def probabilities(self, images: np.ndarray) -> np.ndarray:
+    async def outputs(self, images: np.ndarray) -> np.ndarray:
+        """`Classifier.outputs`: small batches inline, big ones in the heavy-work pool."""
         if len(images) <= INLINE_BATCH_IMAGES:
-            return self.classifier.probabilities(images)
-        return await self.in_thread(self.classifier.probabilities, images)
+            return self.classifier.outputs(images)
+        return await self.in_thread(self.classifier.outputs, images)
 
     async def in_thread(self, function: Callable[..., T], *args: object) -> T:
         """Run heavy work in the bounded pool; 503 when too much is already waiting for it."""

@@ -37,11 +37,25 @@ class Classifier:
         self.model = checkpoint.model
         self.metadata: dict[str, Any] = checkpoint.metadata
         self.source = source
+        self.calibration = checkpoint.calibration  # None: probabilities as trained, no flag
 
-    def probabilities(self, images: np.ndarray) -> np.ndarray:
-        """(N, 784) float32 in [0, 1] -> (N, 10) float32 softmax probabilities."""
-        with self.torch.inference_mode():
-            return self.model(self.torch.from_numpy(images)).softmax(dim=1).numpy()
+    def outputs(self, images: np.ndarray) -> np.ndarray:
+        """(N, 784) float32 in [0, 1] -> (N, 11) float32: the 10 calibrated probabilities, then
+        the uncertain flag (1 not a digit the model knows, 0 a digit, NaN: model not calibrated).
+
+        One array so the batcher can hand each request its rows without knowing what they hold.
+        """
+        from training.calibration import uncertain
+
+        torch = self.torch
+        with torch.inference_mode():
+            logits = self.model(torch.from_numpy(images))
+            if self.calibration is None:
+                flags = torch.full((len(logits), 1), float("nan"))
+                return torch.cat([logits.softmax(dim=1), flags], dim=1).numpy()
+            probabilities = (logits / self.calibration.temperature).softmax(dim=1)
+            flags = uncertain(logits, self.calibration).float().unsqueeze(1)
+            return torch.cat([probabilities, flags], dim=1).numpy()
 
     def info(self) -> dict[str, Any]:
         meta = self.metadata
@@ -60,14 +74,39 @@ class Classifier:
             "torch_version": meta.get("torch_version", ""),
             "git_commit": meta.get("git_commit"),
             "created_at": meta.get("created_at", ""),
+            "calibration": {**(meta.get("calibration") or {}), **metrics.get("calibration", {})}
+            or None,
         }
 
 
 PROBABILITY_DECIMALS = 6  # float32 carries ~7 digits; more would only be noise on the wire
 
 
+UNCERTAIN = 10  # the column of `Classifier.outputs` that holds the flag
+
+
+def probabilities_of(outputs: np.ndarray) -> np.ndarray:
+    """The (N, 10) probabilities of `Classifier.outputs` rows."""
+    return outputs[..., :UNCERTAIN]
+
+
+def uncertain_of(outputs: np.ndarray) -> list[bool | None]:
+    """The flag of each `Classifier.outputs` row: True, False, or None (not calibrated)."""
+    flags = outputs[..., UNCERTAIN]
+    if np.isnan(flags).any():  # a model is calibrated or not: all rows are NaN then
+        return [None] * len(flags)
+    return (flags > 0.5).tolist()
+
+
 def prediction(row: np.ndarray) -> dict[str, Any]:
-    """One probability row as the public `{"digit", "confidence", "probabilities"}` object."""
-    probabilities = np.round(row.astype(np.float64), PROBABILITY_DECIMALS).tolist()
-    digit = int(row.argmax())
-    return {"digit": digit, "confidence": probabilities[digit], "probabilities": probabilities}
+    """One outputs row as the public `{"digit", "confidence", "probabilities", "uncertain"}`."""
+    probabilities = np.round(
+        probabilities_of(row).astype(np.float64), PROBABILITY_DECIMALS
+    ).tolist()
+    digit = int(np.argmax(probabilities_of(row)))
+    return {
+        "digit": digit,
+        "confidence": probabilities[digit],
+        "probabilities": probabilities,
+        "uncertain": uncertain_of(row[np.newaxis])[0],
+    }

@@ -13,6 +13,7 @@ from starlette.responses import Response
 
 from service import open_inference as oip
 from service.endpoints import Endpoints, Handler
+from service.inference import probabilities_of
 from service.openapi import package_version
 from service.request_body import ClientError, json_response, read_body
 
@@ -90,7 +91,7 @@ class OpenInferenceRoutes:
             body, request.headers, settings.max_bulk_images, settings.max_upload_bytes
         )
         images = parsed.images if parsed.images is not None else await self.decode(parsed)
-        probabilities = await self.endpoints.probabilities(images)
+        probabilities = probabilities_of(await self.endpoints.outputs(images))
         payload, headers = oip.encode_infer_response(
             parsed, oip.MODEL_NAME, self.version, probabilities
         )

@@ -30,7 +30,13 @@ EXAMPLE_PREDICTION: dict[str, Any] = {
     "digit": 7,
     "confidence": 0.9968,
     "probabilities": EXAMPLE_PROBABILITIES,
+    "uncertain": False,
 }
+
+
+def nullable(json_type: str) -> WithJsonSchema:
+    """OpenAPI 3.0 `nullable`: BentoML flattens pydantic's `anyOf: [T, null]` to plain T."""
+    return WithJsonSchema({"type": json_type, "nullable": True})
 
 
 class Prediction(BaseModel):
@@ -45,6 +51,12 @@ class Prediction(BaseModel):
         min_length=10,
         max_length=10,
     )
+    uncertain: Annotated[bool | None, nullable("boolean")] = Field(
+        description="True when the input does not look like a digit the model knows (noise, "
+        "a blank page, a letter) or it is unsure: calibrated confidence below the model's "
+        "threshold or energy score above it (docs/retraining.md). null for a model trained "
+        "without a held-out slice (the seed recipe), which has no thresholds."
+    )
 
 
 class Predictions(RootModel[list[Prediction]]):
@@ -55,12 +67,23 @@ class BulkPredictions(BaseModel):
     """Compact answer for bulk input: parallel arrays, in input order."""
 
     model_config = ConfigDict(
-        json_schema_extra={"example": {"count": 2, "digits": [7, 2], "confidences": [0.99, 0.98]}}
+        json_schema_extra={
+            "example": {
+                "count": 2,
+                "digits": [7, 2],
+                "confidences": [0.99, 0.98],
+                "uncertain": [False, False],
+            }
+        }
     )
 
     count: int = Field(description="Number of images classified.")
     digits: list[int] = Field(description="Predicted digit of each image.")
     confidences: list[float] = Field(description="Probability of each predicted digit.")
+    uncertain: list[bool | None] = Field(
+        description="The `uncertain` flag of each image (see Prediction); null entries for a "
+        "model without calibration."
+    )
 
 
 class PreprocessedImage(BaseModel):
@@ -69,11 +92,6 @@ class PreprocessedImage(BaseModel):
     image: list[list[float]] = Field(
         description="28 rows of 28 gray values in [0, 1], white digit on black."
     )
-
-
-def nullable(json_type: str) -> WithJsonSchema:
-    """OpenAPI 3.0 `nullable`: BentoML flattens pydantic's `anyOf: [T, null]` to plain T."""
-    return WithJsonSchema({"type": json_type, "nullable": True})
 
 
 class ModelInfo(BaseModel):
@@ -120,6 +138,11 @@ class ModelInfo(BaseModel):
         description="Commit of the training code, if known."
     )
     created_at: str = Field(description="When the checkpoint was written (UTC, ISO 8601).")
+    calibration: Annotated[dict[str, Any] | None, nullable("object")] = Field(
+        description="Temperature, flag thresholds (fitted on held-out training images) and, "
+        "on the MNIST test set, the expected calibration error before and after scaling and "
+        "the share of digits flagged; null for a model without a held-out slice."
+    )
 
 
 # Input specs: they document the request body; the endpoints read it themselves.

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -18,11 +19,13 @@ from tests.support import REPO
 from tests.support.images import png_bytes
 from tests.support.servers import Server, running_server, server_env
 from training.data import ensure_mnist, load_split
-from training.train import TrainConfig, train_and_save
+from training.train import RECIPES, TrainConfig, train_and_save
 
 os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")  # for this process and every child
 DATA_DIR = REPO / "data"
 QUICK_CONFIG = TrainConfig(epochs=3, seed=0)
+# The robust recipe, short: augmentation, outlier exposure and a calibrated flag in seconds.
+QUICK_ROBUST_CONFIG = replace(RECIPES["robust"], epochs=2, limit=12_000)
 REAL_SERVER_STARTERS = {"running_server", "serve_until_exit"}
 
 
@@ -59,6 +62,14 @@ def trained_checkpoint(tmp_path_factory, mnist_train, mnist_test, mnist_md5) -> 
     """A 3-epoch model (about 97 % test accuracy) trained once per test session."""
     path = tmp_path_factory.mktemp("model") / "model.pt"
     train_and_save(QUICK_CONFIG, mnist_train, mnist_test, path, data_md5=mnist_md5)
+    return path
+
+
+@pytest.fixture(scope="session")
+def calibrated_checkpoint(tmp_path_factory, mnist_train, mnist_test, mnist_md5) -> Path:
+    """A short robust-recipe model: temperature and flag thresholds in the checkpoint."""
+    path = tmp_path_factory.mktemp("calibrated") / "model.pt"
+    train_and_save(QUICK_ROBUST_CONFIG, mnist_train, mnist_test, path, data_md5=mnist_md5)
     return path
 
 

@@ -20,7 +20,8 @@ def post_image(server, data: bytes, field: str = "image", route: str = "/predict
 
 
 def assert_prediction(body: dict) -> None:
-    assert set(body) == {"digit", "confidence", "probabilities"}
+    assert set(body) == {"digit", "confidence", "probabilities", "uncertain"}
+    assert body["uncertain"] is None  # the session's model is the seed recipe: no calibration
     assert len(body["probabilities"]) == 10
     assert abs(sum(body["probabilities"]) - 1) < 1e-4
     assert body["digit"] == int(np.argmax(body["probabilities"]))

@@ -24,6 +24,7 @@ from typing import TypeVar
 
 import torch
 
+from training.calibration import calibration_report
 from training.checkpoint import CheckpointError, creation_time
 from training.cli import config_from_args
 from training.data import DataError, ensure_mnist, file_hexdigest, load_split, write_atomically
@@ -31,7 +32,7 @@ from training.errors import first_line
 from training.pipeline import history, rollback
 from training.pipeline.cli import parse_build_args
 from training.pipeline.deploy import DeployResult, roll_out, target_problem
-from training.pipeline.gate import gate
+from training.pipeline.gate import Baseline, gate
 from training.pipeline.promote import (
     BaselineError,
     current_baseline,
@@ -39,7 +40,8 @@ from training.pipeline.promote import (
     register_promoted,
     store_home,
 )
-from training.pipeline.report import ReportFolder, analyse_errors
+from training.pipeline.report import ReportFolder, analyse_errors, robustness_rows
+from training.pipeline.robustness import CategoryScore, build_suite, score_suite
 from training.pipeline.ship import (
     BentoResult,
     ImageResult,
@@ -181,14 +183,27 @@ class Build:
             step.note = f"weights sha256 {self.checkpoint.weights_sha256[:16]}..."
 
     def evaluate_model(self) -> None:
-        """Score the saved file, not the in-memory model: what is gated is what ships."""
+        """Score the saved file, not the in-memory model: what is gated is what ships.
+
+        The MNIST test set, then the robustness suite through the service's preprocessing and
+        inference, then calibration on the test set (reliability before and after).
+        """
         with self.steps("evaluate") as step:
             model = self.checkpoint.model
             self.accuracy = evaluate(model, *self.test_data)
             self.analysis = analysis = analyse_errors(model, *self.test_data)
+            images, labels = self.test_data
+            digits = (images * 255).round().to(torch.uint8).reshape(-1, 28, 28).numpy()
+            self.suite = build_suite(digits, labels.numpy(), count=self.args.suite_size)
+            self.robustness = score_suite(self.candidate, self.suite)
+            self.calibration = calibration_report(
+                model, self.checkpoint.calibration, *self.test_data
+            )
+            worst = min((s for s in self.robustness if s.digits), key=lambda s: s.accuracy or 0)
             step.note = (
                 f"test accuracy {100 * self.accuracy:.2f} % "
-                f"({analysis.correct:,}/{analysis.total:,})"
+                f"({analysis.correct:,}/{analysis.total:,}); weakest robustness category "
+                f"{worst.name} {100 * (worst.accuracy or 0):.1f} %"
             )
 
     def apply_gate(self) -> None:
@@ -200,14 +215,37 @@ class Build:
                     raise BuildError(f"{exc}; --force promotes without that comparison") from None
                 loud([f"WARNING: --force: gating on the floor only: {exc}"])
                 baseline = None
+            self.baseline_robustness = self.score_baseline(baseline)
+            theirs = {s.name: s.accuracy for s in self.baseline_robustness}
             self.decision = gate(
                 self.accuracy,
                 baseline,
                 min_accuracy=self.args.min_accuracy,
                 tolerance=self.args.tolerance,
                 force=self.args.force,
+                robustness={
+                    s.name: (s.accuracy, theirs.get(s.name))
+                    for s in self.robustness
+                    if s.accuracy is not None
+                },
+                robustness_tolerance=self.args.robustness_tolerance,
             )
             step.note = self.decision.summary()
+
+    def score_baseline(self, baseline: Baseline | None) -> list[CategoryScore]:
+        """The promoted model on the same suite, so the gate compares like with like."""
+        if baseline is None or baseline.checkpoint is None:
+            return []
+        try:
+            return score_suite(Path(baseline.checkpoint), self.suite)
+        except CheckpointError as exc:
+            if not self.args.force:
+                raise BuildError(
+                    f"cannot score the promoted model {baseline.tag} on the robustness suite: "
+                    f"{exc}; --force promotes without that comparison"
+                ) from None
+            loud([f"WARNING: --force: no robustness comparison: {exc}"])
+            return []
 
     def promote_nothing(self, status: str, exit_code: int, reason: str) -> None:
         self.status, self.exit_code = status, exit_code
@@ -327,7 +365,9 @@ class Build:
         analysis, meta = self.analysis, self.meta
         history = [asdict(s) for s in self.result.history]
         with self.steps("report") as step:
-            plots = self.folder.write_plots(history, analysis.confusion, analysis.misclassified)
+            plots = self.folder.write_plots(
+                history, analysis.confusion, analysis.misclassified, self.calibration
+            )
             if self.status != "promoted":  # the store does not keep it: keep it for inspection
                 shutil.copyfile(self.candidate, self.folder.path("candidate.pt"))
             stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
@@ -351,6 +391,8 @@ class Build:
                 "architecture": meta["architecture"],
             },
             "gate": self.decision.as_dict(),
+            "robustness": robustness_rows(self.robustness, self.baseline_robustness),
+            "calibration": self.calibration,
             "history": history,
             "hyperparameters": self.config.as_dict(),
             "data_md5": self.data_md5,

@@ -11,7 +11,8 @@ from pathlib import Path
 
 from training.cli import QUICK_EPOCHS, QUICK_LIMIT, add_training_arguments, check_training_arguments
 from training.pipeline import REPO
-from training.pipeline.gate import MIN_ACCURACY, TOLERANCE
+from training.pipeline.gate import MIN_ACCURACY, ROBUSTNESS_TOLERANCE, TOLERANCE
+from training.pipeline.robustness import QUICK_SUITE_SIZE, SUITE_SIZE
 from training.pipeline.ship import LOCAL_BASE_IMAGE
 
 
@@ -32,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    add_training_arguments(p, data_dir=REPO / "data")
+    add_training_arguments(p, data_dir=REPO / "data", recipe="robust")
     g = p.add_argument_group("gate")
     g.add_argument(
         "--min-accuracy",
@@ -47,6 +48,21 @@ def build_parser() -> argparse.ArgumentParser:
         default=TOLERANCE,
         metavar="POINTS",
         help="refuse a candidate more than this many percentage points below the promoted model",
+    )
+    g.add_argument(
+        "--robustness-tolerance",
+        type=float,
+        default=ROBUSTNESS_TOLERANCE,
+        metavar="POINTS",
+        help="refuse a candidate more than this many points below the promoted model in any "
+        "category of the robustness suite",
+    )
+    g.add_argument(
+        "--suite-size",
+        type=int,
+        default=SUITE_SIZE,
+        metavar="N",
+        help="uploads per robustness category (made from MNIST test digits, fonts, strokes)",
     )
     g.add_argument(
         "--force", action="store_true", help="promote even when the gate refuses (logged loudly)"
@@ -126,13 +142,19 @@ def parse_build_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = build_parser()
     args = p.parse_args(argv)
     if args.quick or args.dry_run:  # smaller defaults; explicit --epochs/--limit still win
-        p.set_defaults(epochs=QUICK_EPOCHS, limit=QUICK_LIMIT, quick=True)
+        p.set_defaults(
+            epochs=QUICK_EPOCHS, limit=QUICK_LIMIT, suite_size=QUICK_SUITE_SIZE, quick=True
+        )
         args = p.parse_args(argv)
     check_training_arguments(p, args)
     if not 0 <= args.min_accuracy <= 100:
         p.error("--min-accuracy is a percentage between 0 and 100")
     if not args.tolerance >= 0:
         p.error("--tolerance must be zero or more percentage points")
+    if not args.robustness_tolerance >= 0:
+        p.error("--robustness-tolerance must be zero or more percentage points")
+    if args.suite_size < 20:
+        p.error("--suite-size must be at least 20 uploads per category")
     if args.deploy and (args.no_docker or args.dry_run):
         p.error("--deploy rolls out the image the build ships: not with --no-docker or --dry-run")
     if not args.deploy_timeout > 0:

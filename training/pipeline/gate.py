@@ -6,11 +6,13 @@ as on the command line. docs/retraining.md states the rules.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 MIN_ACCURACY = 97.5  # percent
 TOLERANCE = 0.2  # percentage points
+ROBUSTNESS_TOLERANCE = 1.0  # percentage points a robustness category may lose
 EPSILON = 1e-6  # accuracies are multiples of 0.01 %; this only absorbs float rounding
 
 
@@ -23,6 +25,7 @@ class Baseline:
     promoted: bool  # carries stage=production (else it is served as the newest model)
     sha256: str | None
     weights_sha256: str | None
+    checkpoint: str | None = None  # its file in the store, to score the robustness suite
 
 
 @dataclass(frozen=True)
@@ -34,6 +37,9 @@ class GateDecision:
     min_accuracy: float  # percent
     tolerance: float  # percentage points
     reasons: tuple[str, ...]  # why it was refused; empty when it passed
+    # per robustness category: (candidate accuracy, promoted model's accuracy or None), 0-1
+    robustness: dict[str, tuple[float, float | None]] = field(default_factory=dict)
+    robustness_tolerance: float = ROBUSTNESS_TOLERANCE
 
     @property
     def promote(self) -> bool:
@@ -72,8 +78,12 @@ def gate(
     min_accuracy: float = MIN_ACCURACY,
     tolerance: float = TOLERANCE,
     force: bool = False,
+    robustness: Mapping[str, tuple[float, float | None]] | None = None,
+    robustness_tolerance: float = ROBUSTNESS_TOLERANCE,
 ) -> GateDecision:
-    """Refuse below the floor, or more than `tolerance` points below the promoted model.
+    """Refuse below the floor, more than `tolerance` points below the promoted model on the
+    MNIST test set, or more than `robustness_tolerance` points below it in any robustness
+    category (`robustness`: name -> (candidate, promoted model) accuracy; None: not scored).
 
     Without a promoted model only the floor applies. Equal to a limit is not "below" it.
     `force` promotes a refused candidate; it marks the decision `forced` only when it was needed.
@@ -93,6 +103,14 @@ def gate(
                 f"percentage points below the promoted model {baseline.tag} at {current:.2f} % "
                 f"(--tolerance {tolerance:g})"
             )
+    robustness = dict(robustness or {})
+    for name, (ours, theirs) in robustness.items():
+        if theirs is not None and 100 * (theirs - ours) > robustness_tolerance + EPSILON:
+            reasons.append(
+                f"robustness category {name!r}: {100 * ours:.2f} % is {100 * (theirs - ours):.2f} "
+                f"points below the promoted model's {100 * theirs:.2f} % "
+                f"(--robustness-tolerance {robustness_tolerance:g})"
+            )
     return GateDecision(
         passed=not reasons,
         forced=force and bool(reasons),
@@ -101,4 +119,6 @@ def gate(
         min_accuracy=min_accuracy,
         tolerance=tolerance,
         reasons=tuple(reasons),
+        robustness=robustness,
+        robustness_tolerance=robustness_tolerance,
     )

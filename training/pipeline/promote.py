@@ -86,6 +86,7 @@ def current_baseline() -> Baseline | None:
         promoted=model.info.labels.get(key) == value,
         sha256=metadata.get("sha256"),
         weights_sha256=metadata.get("weights_sha256"),
+        checkpoint=str(model.path_of(CHECKPOINT_FILE)),
     )
 
 

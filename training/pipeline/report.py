@@ -13,7 +13,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ PLOTS = {
     "training_curves": "training_curves.png",
     "confusion_matrix": "confusion_matrix.png",
     "misclassified": "misclassified.png",
+    "reliability": "reliability.png",
 }
 GRID_ROWS, GRID_COLS = 4, 6
 WORST_EXAMPLES = GRID_ROWS * GRID_COLS
@@ -146,6 +147,44 @@ def plot_misclassified(examples: Sequence[Misclassified], path: Path) -> None:
     fig.savefig(path, format="png")
 
 
+def plot_reliability(calibration: Mapping[str, Any], path: Path) -> None:
+    """Accuracy against confidence per bin, before and after temperature scaling, 700 x 600 px.
+
+    A calibrated model's bars sit on the diagonal; bars below it are over-confident.
+    """
+    fig = _figure(700, 600)
+    ax = fig.subplots()
+    ax.plot([0, 1], [0, 1], "--", color="gray", label="perfect calibration")
+    for key, label, style in (
+        ("reliability_before", f"before (ECE {100 * calibration['ece_before']:.2f} %)", "o-"),
+        ("reliability_after", "after temperature scaling (ECE {:.2f} %)", "s-"),
+    ):
+        rows = [r for r in calibration.get(key) or [] if r["count"]]
+        if not rows:
+            continue
+        if key == "reliability_after":
+            label = label.format(100 * calibration["ece_after"])
+        ax.plot([r["confidence"] for r in rows], [r["accuracy"] for r in rows], style, label=label)
+    ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence", ylabel="accuracy")
+    ax.set_title("Reliability on the MNIST test set")
+    ax.legend(loc="upper left")
+    ax.grid(alpha=0.3)
+    fig.savefig(path, format="png")
+
+
+def robustness_rows(candidate: Sequence[Any], baseline: Sequence[Any]) -> list[dict[str, Any]]:
+    """One row per category: the candidate's score, the promoted model's, the difference."""
+    theirs = {s.name: s for s in baseline}
+    rows = []
+    for ours in candidate:
+        other = theirs.get(ours.name)
+        row = {**asdict(ours), "baseline_accuracy": None, "baseline_flagged": None}
+        if other is not None:
+            row |= {"baseline_accuracy": other.accuracy, "baseline_flagged": other.flagged}
+        rows.append(row)
+    return rows
+
+
 def jsonable(value: Any) -> Any:
     """Plain JSON types: numpy scalars/arrays become numbers/lists, paths strings, NaN null."""
     if isinstance(value, Mapping):
@@ -237,6 +276,8 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     lines += [_row("digit", *range(10)), _row("---", *["---:"] * 10)]
     lines += [_row("accuracy", *[f"{100 * a:.1f}" for a in model["per_class_accuracy"]]), ""]
     lines += ["![most confidently misclassified](misclassified.png)", ""]
+    lines += robustness_markdown(report.get("robustness") or [])
+    lines += calibration_markdown(report.get("calibration"))
     lines += ["## Hyperparameters", "", _row("option", "value"), _row("---", "---")]
     lines += [_row(k, v) for k, v in report["hyperparameters"].items()]
     lines += [
@@ -253,6 +294,73 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         lines.append(_row(step["step"], step["status"], f"{step['seconds']:.2f}", step["note"]))
     lines += ["", f"Command: `{' '.join(report['command'])}`", ""]
     return "\n".join(lines)
+
+
+def _points(value: float | None) -> str:
+    return "" if value is None else f"{100 * value:+.2f}"
+
+
+def robustness_markdown(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The suite's table: digits by accuracy, non-digits by how much is flagged."""
+    if not rows:
+        return []
+    lines = [
+        "## Robustness suite (each upload through the service's preprocessing)",
+        "",
+        _row("category", "uploads", "refused", "accuracy", "promoted model", "change", "flagged"),
+        _row("---", "---:", "---:", "---:", "---:", "---:", "---:"),
+    ]
+    for r in (r for r in rows if r["digits"]):
+        change = None
+        if r["baseline_accuracy"] is not None:
+            change = r["accuracy"] - r["baseline_accuracy"]
+        lines.append(
+            _row(
+                f"{r['name']}: {r['description']}",
+                r["uploads"],
+                r["refused"],
+                _percent(r["accuracy"]),
+                _percent(r["baseline_accuracy"]),
+                _points(change),
+                _percent(r["flagged"]),
+            )
+        )
+    lines += [
+        "",
+        "Not digits: the share answered `uncertain: true` or refused (the goal is 95 % or more).",
+        "",
+        _row("category", "uploads", "refused", "flagged", "promoted model flagged"),
+        _row("---", "---:", "---:", "---:", "---:"),
+    ]
+    for r in (r for r in rows if not r["digits"]):
+        lines.append(
+            _row(
+                f"{r['name']}: {r['description']}",
+                r["uploads"],
+                r["refused"],
+                _percent(r["flagged"]),
+                _percent(r["baseline_flagged"]),
+            )
+        )
+    return [*lines, ""]
+
+
+def calibration_markdown(calibration: Mapping[str, Any] | None) -> list[str]:
+    if not calibration:
+        return []
+    lines = ["## Calibration (MNIST test set)", ""]
+    lines.append(f"- expected calibration error before temperature scaling: "
+                 f"{_percent(calibration['ece_before'])}")  # fmt: skip
+    if "temperature" in calibration:
+        lines += [
+            f"- temperature {calibration['temperature']:.4f} (fitted on the held-out slice "
+            f"of the training set): ECE after {_percent(calibration['ece_after'])}",
+            f"- test digits flagged `uncertain`: {_percent(calibration['flagged'])} "
+            "(the goal is 2 % or less)",
+        ]
+    else:
+        lines.append("- not calibrated: the recipe holds no training images out")
+    return [*lines, "", "![reliability diagram](reliability.png)", ""]
 
 
 class ReportFolder:
@@ -273,10 +381,12 @@ class ReportFolder:
         history: Sequence[Mapping[str, float]],
         confusion: np.ndarray,
         misclassified: Sequence[Misclassified],
+        calibration: Mapping[str, Any],
     ) -> dict[str, str]:
         plot_training_curves(history, self.path(PLOTS["training_curves"]))
         plot_confusion_matrix(confusion, self.path(PLOTS["confusion_matrix"]))
         plot_misclassified(misclassified, self.path(PLOTS["misclassified"]))
+        plot_reliability(calibration, self.path(PLOTS["reliability"]))
         return dict(PLOTS)
 
     def publish(self, name: str, report: Mapping[str, Any]) -> Path:
