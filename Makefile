@@ -19,8 +19,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[train,dev]'
 	rm -f $(VENV)/.installed-* && touch $@
 
-model: setup  ## train and register a model unless the store already has one
-	$(BIN)/bentoml models get mnist-mlp:latest >/dev/null 2>&1 || $(BIN)/mnist-train
+model: setup  ## train (the robust recipe) and register a model unless the store has one
+	$(BIN)/bentoml models get mnist-mlp:latest >/dev/null 2>&1 || $(BIN)/mnist-train --recipe robust
 
 train: setup
 	$(BIN)/mnist-train $(ARGS)
