@@ -21,6 +21,7 @@ from service.batcher import MicroBatcher
 from service.budget import Budget
 from service.decode_policy import ImageHeader, open_image
 from service.inference import Classifier, prediction, probabilities_of, uncertain_of
+from service.json_batch import images_from_json
 from service.preprocess import (
     NoDigitFoundError,
     PreprocessError,
@@ -29,7 +30,6 @@ from service.preprocess import (
 )
 from service.request_body import (
     ClientError,
-    images_from_json,
     json_response,
     parse_bulk,
     read_body,
@@ -128,9 +128,13 @@ class Endpoints:
         limit = self.settings.max_batch_images
         if len(body) <= INLINE_JSON_BYTES:
             images = images_from_json(body, limit)
-        else:  # parsing megabytes of JSON takes a while: not on the event loop
+        else:  # megabytes of JSON: in a thread, in slices that let the loop run between
             images = await self.in_thread(images_from_json, body, limit)
-        return json_response([prediction(row) for row in await self.outputs(images)])
+        rows = await self.outputs(images)
+        if len(rows) <= INLINE_BATCH_IMAGES:
+            return json_response([prediction(row) for row in rows])
+        # 4096 answers take ~35 ms of Python to build: off the event loop too
+        return await self.in_thread(lambda: json_response([prediction(row) for row in rows]))
 
     async def predict_bulk(self, request: Request) -> Response:
         """Raw N x 784 uint8 bytes (application/octet-stream) -> parallel digit/confidence lists."""

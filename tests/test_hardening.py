@@ -4,6 +4,7 @@ the worker keeps answering /livez within 100 ms meanwhile, and its memory stays 
 from __future__ import annotations
 
 import io
+import json
 import socket
 import struct
 import threading
@@ -81,6 +82,52 @@ def test_many_tiny_large_canvas_images_stay_off_the_event_loop(guarded_server):
     assert answer.status_code in (400, 413, 422), answer.text
     assert "error" in answer.json()
     assert not delays or max(delays) < 100, delays
+
+
+def test_a_maximal_json_body_does_not_stall_the_event_loop(guarded_server):
+    """4096 full-precision images, ~61 MiB of JSON (the default limit is 64 MiB): one json.loads
+    of it held the GIL for 2-3 s, in a thread too, and /livez waited that long."""
+    image = [0.1234567890123456] * 392 + [0.9876543210987654] * 392
+    body = json.dumps({"images": [image] * 4096}).encode()
+    result: dict = {}
+
+    def attack():
+        result["answer"] = httpx.post(
+            f"{guarded_server.url}/predict",
+            content=body,
+            headers={"content-type": "application/json"},
+            timeout=60,
+        )
+
+    thread = threading.Thread(target=attack)
+    thread.start()
+    delays = []
+    while thread.is_alive():
+        delays.append(livez_ms(guarded_server.url))
+        time.sleep(0.02)
+    thread.join()
+    assert result["answer"].status_code == 200, result["answer"].text
+    assert len(result["answer"].json()) == 4096
+    assert len(delays) > 5 and max(delays) < 100, delays
+
+
+def test_json_bodies_over_their_limits_get_413_naming_the_limit(guarded_server):
+    over_cap = httpx.post(
+        f"{guarded_server.url}/predict",
+        content=b"{}",
+        headers={"content-type": "application/json", "content-length": str(64 * 2**20 + 1)},
+    )
+    assert over_cap.status_code == 413
+    assert "the limit is 67108864" in over_cap.json()["error"]
+    # Any other form is parsed in one piece, so it may be at most 512 KiB.
+    other_form = json.dumps({"id": "x", "images": [[0.0] * 392 + [1.0] * 392] * 200}).encode()
+    answer = httpx.post(
+        f"{guarded_server.url}/predict",
+        content=other_form,
+        headers={"content-type": "application/json"},
+    )
+    assert answer.status_code == 413
+    assert "above 524,288 bytes" in answer.json()["error"]
 
 
 def test_oversized_header_block_is_431(guarded_server):

@@ -1,11 +1,18 @@
 """The `/predict` JSON body parser: every shape problem names the offending image."""
 
 import json
+import threading
+import time
 
 import numpy as np
+import orjson
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from service.request_body import ClientError, images_from_json, parse_image_array
+from service import json_batch
+from service.json_batch import images_from_json, parse_image_array
+from service.request_body import ClientError
 
 FLAT = [0.0] * 392 + [0.5] * 392  # half dark, half a gray stroke: not blank
 NESTED = [[0.0] * 28] * 14 + [[0.5] * 28] * 14
@@ -40,3 +47,105 @@ def test_a_blank_json_image_is_refused_like_a_blank_upload():
     with pytest.raises(ClientError, match="no digit found in image 1") as info:
         images_from_json(json.dumps({"images": [digit, [0.0] * 784]}).encode(), 10)
     assert info.value.status == 422
+
+
+def test_json_errors_name_the_problem_and_its_byte():
+    cases = {
+        b'{"images": [[NaN]]}': (400, "NaN and Infinity are not JSON numbers (at byte 13)"),
+        b'{"images": [[0.5,]]}': (400, "trailing comma is not allowed"),
+        b'{"images": [[0.5]]]}': (400, "']' at byte 17 closes no list"),
+        b'{"images": [[1' + b"0" * 400 + b"]]}": (422, "a number at byte 13 is too large"),
+    }
+    for body, (status, message) in cases.items():
+        with pytest.raises(ClientError) as refused:
+            images_from_json(body, 10)
+        assert (refused.value.status, message in refused.value.message) == (status, True), (
+            refused.value.message
+        )
+
+
+def test_a_large_json_body_of_another_form_is_refused_with_the_limit():
+    body = json.dumps({"id": "a", "images": [FLAT] * 200}).encode()  # a string: not sliceable
+    assert len(body) > json_batch.GENERAL_JSON_BYTES
+    with pytest.raises(ClientError) as refused:
+        images_from_json(body, 4096)
+    assert refused.value.status == 413
+    assert f"{json_batch.GENERAL_JSON_BYTES:,} bytes" in refused.value.message
+    assert len(images_from_json(json.dumps({"images": [FLAT] * 200}).encode(), 4096)) == 200
+
+
+def test_one_oversized_image_is_refused_before_parsing():
+    body = b'{"images": [' + json.dumps(FLAT).encode() + b", [" + b" " * 70_000 + b"0]]}"
+    with pytest.raises(ClientError, match="image 1 takes 70,004 bytes of JSON") as refused:
+        images_from_json(body, 10)
+    assert refused.value.status == 413
+
+
+# Bodies of numbers, lists, literals and whitespace: the form that is parsed in slices.
+literals = st.sampled_from([b"0", b"0.5", b"1", b"-0.0", b"1e-3", b"2", b"null", b"true"])
+spaces = st.sampled_from([b"", b" ", b"\n  "])
+
+
+@st.composite
+def string_free_json(draw) -> bytes:
+    """`{"images": [...]}` near the valid forms, sometimes with one byte removed or doubled."""
+
+    def value(depth: int) -> bytes:
+        if depth < 3 and draw(st.integers(0, 3)):
+            width = draw(st.sampled_from([0, 1, 2, 27, 28, 29, 783, 784, 785]) if depth else 3)
+            if depth == 1 and draw(st.booleans()):
+                width = draw(st.sampled_from([27, 28]))
+                return b"[" + b",".join(value(2) for _ in range(width)) + b"]"
+            fill = draw(literals)
+            items = [fill] * width
+            for _ in range(draw(st.integers(0, 2))):
+                if items:
+                    items[draw(st.integers(0, width - 1))] = draw(literals)
+            return b"[" + draw(spaces) + b",".join(items) + b"]"
+        return draw(literals)
+
+    images = [value(1) for _ in range(draw(st.integers(0, 4)))]
+    body = b'{"images": [' + (b"," + draw(spaces)).join(images) + b"]}"
+    if draw(st.integers(0, 3)) == 0:
+        at = draw(st.integers(0, len(body) - 1))
+        body = body[:at] + body[at : at + 1] * draw(st.sampled_from([0, 2])) + body[at + 1 :]
+    return body
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(body=string_free_json(), slice_bytes=st.sampled_from([1, 100, 5000]))
+def test_sliced_parsing_accepts_exactly_what_one_parse_accepts(body, slice_bytes):
+    """The slices (cut at the images' commas, parsed one at a time) must agree with orjson on
+    the whole body: the same array when it is valid, a 4xx when it is not."""
+    try:
+        whole = parse_image_array(orjson.loads(body), 4)
+    except (orjson.JSONDecodeError, ClientError):
+        whole = None
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(json_batch, "SLICE_BYTES", slice_bytes)
+            sliced = images_from_json(body, 4)
+    except ClientError as refused:
+        assert 400 <= refused.status < 500
+        assert whole is None, refused.message
+    else:
+        assert whole is not None and np.array_equal(sliced, whole)
+
+
+def test_a_maximal_json_body_never_holds_the_gil_long():
+    """4096 full-precision images (~64 MiB, the default limit) parsed in a thread: the main
+    thread, ticking every 2 ms, is never kept waiting 100 ms (one json.loads: seconds)."""
+    image = [0.1234567890123456] * 392 + [0.9876543210987654] * 392
+    body = json.dumps({"images": [image] * 4096}).encode()
+    assert len(body) > 60 * 2**20
+    result: list = []
+    worker = threading.Thread(target=lambda: result.append(images_from_json(body, 4096)))
+    gaps, last = [], time.perf_counter()
+    worker.start()
+    while worker.is_alive():
+        time.sleep(0.002)
+        now = time.perf_counter()
+        gaps.append(now - last)
+        last = now
+    assert result[0].shape == (4096, 784)
+    assert max(gaps) < 0.1, f"the main thread waited {max(gaps) * 1000:.0f} ms"
