@@ -43,6 +43,9 @@ DIGIT_SIDE = 20  # MNIST fits each digit's bounding box into 20x20, then centres
 _LIGHT_BACKGROUND = 128  # a border median at or above this means dark ink on light paper
 MIN_INK_CONTRAST = 48  # gray levels a stroke must stand out from the background to be a digit
 _NOISE_FRACTION = 0.2  # contrast under this share of the strongest stroke is treated as background
+_FLAT_PAPER_SPREAD = 12  # border 10-90 % spread up to this: clean paper, one background level
+_GRAIN_SIGMAS = 4.0  # on grainy paper, ink must stand out this many noise sigmas
+_SOLID_INK = 96  # on grainy paper, the box spans ink at least this strong (of 255)
 _WORKING_SIDE = 2048  # larger images are box-reduced first so NumPy work stays bounded
 
 _ALPHA_MODES = ("LA", "PA", "RGBA")
@@ -115,9 +118,15 @@ def to_mnist_array(image: Image.Image) -> np.ndarray:
     if not light and gray.size == (MNIST_SIDE, MNIST_SIDE):
         return _to_unit_float(pixels)
 
-    ink = _ink_levels(pixels, background, light, peak)
-    rows = np.flatnonzero(ink.any(axis=1))
-    cols = np.flatnonzero(ink.any(axis=0))
+    paper, noise = _paper_levels(pixels, background)
+    if noise:  # a photo: the paper's own shading and grain are not ink
+        peak = int(np.max(paper - pixels) if light else np.max(pixels - paper))
+        if peak < MIN_INK_CONTRAST:
+            raise NoDigitFoundError("no digit found in the image")
+    ink = _ink_levels(pixels, paper, light, peak, noise)
+    if not ink.any():  # nothing stands out of the paper's grain
+        raise NoDigitFoundError("no digit found in the image")
+    rows, cols = _ink_extent(ink, noise)
     crop = Image.fromarray(ink[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1])
     scale = DIGIT_SIDE / max(crop.size)
     size = (max(1, round(crop.width * scale)), max(1, round(crop.height * scale)))
@@ -254,14 +263,56 @@ def _border_median(pixels: np.ndarray) -> int:
     return int(np.partition(border, middle)[middle])
 
 
-def _ink_levels(pixels: np.ndarray, background: int, light: bool, peak: int) -> np.ndarray:
-    """Ink as uint8 on black: background and faint noise map to 0, the strongest stroke to 255."""
+def _paper_levels(pixels: np.ndarray, background: int) -> tuple[np.ndarray | int, float]:
+    """The paper's gray level at each pixel and its grain (noise sigma, 0 for a clean image).
+
+    A clean digital image (a drawing, a scan) has one background level: `background`, and no
+    grain, so it is treated exactly as before. A photo of paper is lit unevenly and grainy: a
+    plane fitted to the border (least squares) models the light, and the border's spread
+    around that plane (median absolute deviation) is the grain.
+    """
+    height, width = pixels.shape
+    if min(height, width) < 8:
+        return background, 0.0
+    border = np.concatenate((pixels[0], pixels[-1], pixels[1:-1, 0], pixels[1:-1, -1]))
+    spread = float(np.percentile(border, 90) - np.percentile(border, 10))
+    if spread <= _FLAT_PAPER_SPREAD:
+        return background, 0.0
+    ys = np.concatenate((np.zeros(width), np.full(width, height - 1), np.arange(1, height - 1),
+                         np.arange(1, height - 1)))  # fmt: skip
+    xs = np.concatenate((np.arange(width), np.arange(width), np.zeros(height - 2),
+                         np.full(height - 2, width - 1)))  # fmt: skip
+    design = np.stack([np.ones_like(xs), xs, ys], axis=1)
+    coefficients = np.linalg.lstsq(design, border.astype(np.float64), rcond=None)[0]
+    residual = border - design @ coefficients
+    noise = 1.4826 * float(np.median(np.abs(residual - np.median(residual))))
+    yy, xx = np.mgrid[0:height, 0:width]
+    plane = coefficients[0] + coefficients[1] * xx + coefficients[2] * yy
+    return plane.astype(np.float32), noise
+
+
+def _ink_levels(
+    pixels: np.ndarray, paper: np.ndarray | int, light: bool, peak: int, noise: float = 0.0
+) -> np.ndarray:
+    """Ink as uint8 on black: background and faint noise map to 0, the strongest stroke to 255.
+
+    The floor is a share of the strongest stroke, raised above the paper's grain when it has any.
+    """
     contrast = pixels.astype(np.float32)
-    contrast = background - contrast if light else contrast - background
-    floor = _NOISE_FRACTION * peak
+    contrast = paper - contrast if light else contrast - paper
+    floor = max(_NOISE_FRACTION * peak, _GRAIN_SIGMAS * noise)
     contrast -= floor
-    contrast *= 255.0 / (peak - floor)
+    contrast *= 255.0 / max(peak - floor, 1.0)
     return np.clip(np.rint(contrast), 0, 255).astype(np.uint8)
+
+
+def _ink_extent(ink: np.ndarray, noise: float) -> tuple[np.ndarray, np.ndarray]:
+    """The rows and columns the digit spans. On grainy paper, a speck of grain just above the
+    floor would stretch the box, so there only strokes at least `_SOLID_INK` strong count."""
+    solid = ink >= _SOLID_INK if noise else ink > 0
+    if not solid.any():
+        solid = ink > 0
+    return np.flatnonzero(solid.any(axis=1)), np.flatnonzero(solid.any(axis=0))
 
 
 def _center_by_mass(digit: np.ndarray) -> np.ndarray:

@@ -16,7 +16,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import httpx
@@ -27,11 +27,13 @@ from tests.conftest import DATA_DIR
 from tests.requirements import require_docker_engine
 from tests.support import REPO
 from tests.support.servers import running_server, server_env
+from training.cli import config_from_args
 from training.data import file_hexdigest
 from training.pipeline.cli import build_parser, parse_build_args
 from training.pipeline.gate import Baseline, gate
 from training.pipeline.promote import LOCK_FILE
 from training.pipeline.ship import docker
+from training.train import RECIPES
 
 BUILD = REPO / "scripts" / "build"
 QUICK = ["--quick", "--min-accuracy", "60"]  # 1 epoch on 2,000 images: about 76 %
@@ -192,15 +194,27 @@ def test_help_documents_every_option():
 
 
 def test_quick_and_dry_run_set_small_defaults_that_explicit_flags_override():
-    assert (parse_build_args([]).epochs, parse_build_args([]).limit) == (10, None)
+    full = config_from_args(parse_build_args([]))
+    assert full == replace(RECIPES["robust"], device=full.device)  # the robust recipe, whole
+    assert parse_build_args([]).suite_size == 1000
     quick = parse_build_args(["--quick"])
-    assert (quick.epochs, quick.limit, quick.dry_run) == (1, 2000, False)
+    assert (quick.epochs, quick.limit, quick.dry_run, quick.suite_size) == (1, 2000, False, 100)
     dry = parse_build_args(["--dry-run", "--epochs", "3"])
     assert (dry.epochs, dry.limit, dry.quick) == (3, 2000, True)
+    seed = config_from_args(parse_build_args(["--recipe", "seed", "--lr", "0.01"]))
+    assert seed == replace(RECIPES["seed"], lr=0.01, device=seed.device)
 
 
 @pytest.mark.parametrize(
-    "args", [["--tolerance", "-1"], ["--min-accuracy", "101"], ["--epochs", "0"]]
+    "args",
+    [
+        ["--tolerance", "-1"],
+        ["--min-accuracy", "101"],
+        ["--epochs", "0"],
+        ["--robustness-tolerance", "-1"],
+        ["--suite-size", "5"],
+        ["--recipe", "fancy"],
+    ],
 )
 def test_bad_options_are_usage_errors(args):
     with pytest.raises(SystemExit) as exit_info:
