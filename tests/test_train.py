@@ -10,7 +10,7 @@ import torch
 from tests.support import REPO
 from tests.support.servers import BENTOML
 from training import Checkpoint
-from training.train import TrainConfig, evaluate, train, train_and_save
+from training.train import RECIPES, TrainConfig, evaluate, train, train_and_save
 
 
 def test_a_short_run_on_a_subset_learns(mnist_train, mnist_test):
@@ -51,6 +51,21 @@ def test_full_default_recipe_reaches_97_8_percent(mnist_train, mnist_test, tmp_p
     assert len(result.history) == 10
     assert result.test_accuracy >= 0.978
     assert evaluate(result.model, *mnist_test) == result.test_accuracy
+
+
+@pytest.mark.slow
+def test_full_robust_recipe_beats_the_seed_and_is_calibrated(
+    mnist_train, mnist_test, mnist_md5, tmp_path
+):
+    """The recipe `make serve` and `scripts/build` train: >= 98.3 % and a calibrated flag."""
+    _, checkpoint = train_and_save(
+        RECIPES["robust"], mnist_train, mnist_test, tmp_path / "robust.pt", data_md5=mnist_md5
+    )
+    metrics = checkpoint.metadata["metrics"]
+    assert metrics["test_accuracy"] >= 0.983
+    assert metrics["calibration"]["ece_after"] <= 0.015
+    assert metrics["calibration"]["flagged"] <= 0.03
+    assert checkpoint.calibration is not None and checkpoint.calibration.heldout_images == 5000
 
 
 def test_cli_trains_saves_and_registers(tmp_path, mnist_md5):
