@@ -57,11 +57,11 @@ def wait_until_ready(name: str, base_url: str) -> None:
 
 
 @contextlib.contextmanager
-def running_container(image: str) -> Iterator[tuple[str, str]]:
+def running_container(image: str, *run_options: str) -> Iterator[tuple[str, str]]:
     """Start the image on a free port of 127.0.0.1; yield (container name, base URL); remove it."""
     name = f"mnist-service-test-{uuid.uuid4().hex[:12]}"
     port = free_port()
-    docker("run", "-d", "--name", name, "-p", f"127.0.0.1:{port}:3000", image)
+    docker("run", "-d", "--name", name, "-p", f"127.0.0.1:{port}:3000", *run_options, image)
     try:
         base_url = f"http://127.0.0.1:{port}"
         wait_until_ready(name, base_url)
@@ -241,6 +241,31 @@ def test_image_holds_the_training_core_but_not_the_pipeline(image: str) -> None:
     assert not found["pipeline_found"]
     assert "training.checkpoint" in found["training_modules"]
     assert not [m for m in found["training_modules"] if m.startswith("training.pipeline")]
+
+
+# What docs/docker.md says a read-only container needs: the server writes only BENTOML_HOME
+# (/app/bentoml, owned by the image's uid 10001) and /tmp.
+READ_ONLY = ["--read-only", "--tmpfs", "/tmp", "--tmpfs", "/app/bentoml:uid=10001,gid=10001"]
+
+
+def test_a_read_only_container_with_its_two_tmpfs_gets_ready_and_answers(
+    image: str, mnist_test_pngs: list[tuple[bytes, int]]
+) -> None:
+    with running_container(image, *READ_ONLY) as (name, base_url):
+        png, digit = mnist_test_pngs[0]
+        response = httpx.post(
+            f"{base_url}/predict_image", files={"image": ("d.png", png, "image/png")}, timeout=30
+        )
+        assert response.status_code == 200 and response.json()["digit"] == digit, response.text
+        read_only = docker("inspect", "--format", "{{.HostConfig.ReadonlyRootfs}}", name)
+        assert read_only.stdout.strip() == "true"
+        probe = docker("exec", name, "touch", "/app/probe", check=False)
+        assert probe.returncode != 0 and "Read-only file system" in probe.stderr
+    # Without the owner, the tmpfs over BENTOML_HOME is root's: the server stops at start.
+    plain = [*READ_ONLY[:-1], "/app/bentoml"]
+    refused = docker("run", "--rm", *plain, image, check=False, timeout=120)
+    assert refused.returncode != 0
+    assert "Permission denied: '/app/bentoml" in refused.stdout + refused.stderr
 
 
 def test_docker_stop_ends_the_server_promptly(image: str) -> None:

@@ -31,6 +31,8 @@ import httpx
 import pytest
 import torch
 
+from service.preprocess import preprocess_image_bytes
+from tests.conftest import DATA_DIR
 from tests.requirements import require_docker_engine, unavailable
 from tests.support import REPO
 from tests.support.docker_images import remove_image
@@ -43,6 +45,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.docker, pytest.mark.timeout(1800)]
 STACK_FILE = REPO / "deploy" / "swarm" / "stack.yml"
 LB_CONTEXT = REPO / "deploy" / "swarm" / "haproxy"
 ROLLOUT = REPO / "scripts" / "rollout"
+BUILD = REPO / "scripts" / "build"
 MEASUREMENTS = REPO / "test-artifacts" / "swarm.json"
 LOCAL_BASE_IMAGE = "local/bookworm:latest"  # scripts/docker-engine.sh makes it
 GWBRIDGE = "docker_gwbridge"  # the bridge `docker swarm init` creates for host-mode ports
@@ -150,10 +153,13 @@ class Load:
 
 @contextlib.contextmanager
 def under_load(
-    stack: Stack, min_s: float = LOAD_S, rate_limit: float | None = PACED_RATE
+    stack: Stack,
+    min_s: float = LOAD_S,
+    rate_limit: float | None = PACED_RATE,
+    digits: list[tuple[bytes, int]] | None = None,
 ) -> Iterator[Load]:
     """Load through the load balancer while the body runs, and at least `min_s` seconds."""
-    load = Load(stack.url, stack.key, stack.digits, rate_limit=rate_limit)
+    load = Load(stack.url, stack.key, digits or stack.digits, rate_limit=rate_limit)
     started = time.monotonic()
     with concurrent.futures.ThreadPoolExecutor(load.concurrency) as pool:
         clients = [pool.submit(load.client, i) for i in range(load.concurrency)]
@@ -287,7 +293,8 @@ class Models:
 class Images:
     first: str
     second: str
-    broken: str
+    broken: str  # a tampered checkpoint: the server exits at start
+    never_ready: str  # the server starts and never gets ready
     lb: str
 
 
@@ -345,6 +352,17 @@ def derived_image(tag: str, base: str, checkpoint: Path, folder: Path) -> None:
     build(tag, folder)
 
 
+def never_ready_image(tag: str, base: str, folder: Path) -> None:
+    """`base` whose checkpoint is a FIFO nobody writes to: reading it blocks forever, as on a
+    hung network mount, so the server runs but never listens, let alone answers /readyz."""
+    folder.mkdir()
+    (folder / "Dockerfile").write_text(
+        f"FROM {base}\nUSER root\nRUN rm /app/model.pt && mkfifo -m 0644 /app/model.pt\n"
+        "USER 10001:10001\n"
+    )
+    build(tag, folder)
+
+
 @contextlib.contextmanager
 def service_image(tag: str, checkpoint: Path) -> Iterator[str]:
     """The service image from the repository's Dockerfile around `checkpoint`; removed after."""
@@ -365,16 +383,18 @@ def service_image(tag: str, checkpoint: Path) -> Iterator[str]:
 def images(swarm: None, models: Models, tmp_path_factory) -> Iterator[Images]:
     """The service image built once from the Dockerfile; the others derived from it."""
     build_id = uuid.uuid4().hex[:10]
-    names = Images(*(f"mnist-swarm-test-{n}:{build_id}" for n in ("a", "b", "broken", "lb")))
+    kinds = ("a", "b", "broken", "never-ready", "lb")
+    names = Images(*(f"mnist-swarm-test-{n}:{build_id}" for n in kinds))
     folder = tmp_path_factory.mktemp("swarm-images")
     with service_image(names.first, models.first):
         try:
             derived_image(names.second, names.first, models.second, folder / "second")
             derived_image(names.broken, names.first, models.tampered, folder / "broken")
+            never_ready_image(names.never_ready, names.first, folder / "never-ready")
             build(names.lb, LB_CONTEXT)
             yield names
         finally:
-            for tag in (names.broken, names.second, names.lb):
+            for tag in (names.never_ready, names.broken, names.second, names.lb):
                 docker("rmi", "--force", tag, check=False)
 
 
@@ -414,8 +434,23 @@ def stack_resources(name: str) -> list[str]:
 
 
 @pytest.fixture(scope="module")
+def built_by_tests(swarm: None) -> Iterator[list[tuple[str, str]]]:
+    """(image tag, its checkpoint's path in the build context) of images that tests build while
+    the stack runs; removed after the stack (which may still run them) is gone."""
+    built: list[tuple[str, str]] = []
+    yield built
+    for tag, model_path in built:
+        remove_image(tag, model_path)
+
+
+@pytest.fixture(scope="module")
 def stack(
-    swarm: None, images: Images, agreed_digits, measured: dict, models: Models
+    swarm: None,
+    images: Images,
+    agreed_digits,
+    measured: dict,
+    models: Models,
+    built_by_tests: list[tuple[str, str]],
 ) -> Iterator[Stack]:
     name = f"mnisttest{uuid.uuid4().hex[:6]}"
     key = uuid.uuid4().hex
@@ -471,7 +506,18 @@ def test_stack_serves_the_model_from_every_replica_with_the_secret_key(
     stack: Stack, models: Models
 ) -> None:
     assert_serves_everywhere(stack, Models.sha256(models.first))
+    # The key comes from the Docker secret's file (API_KEY_FILE), through the image's own
+    # entrypoint and command: no shell wrapper around them.
+    spec = json.loads(
+        docker(
+            "service", "inspect", "--format", "{{json .Spec.TaskTemplate.ContainerSpec}}",
+            stack.service,
+        ).stdout
+    )  # fmt: skip
+    assert "API_KEY_FILE=/run/secrets/api_key" in spec["Env"]
+    assert not spec.get("Command") and not spec.get("Args"), spec
     assert stack.model_info(headers={}).status_code == 401
+    assert stack.model_info(headers={"Authorization": "Bearer wrong"}).status_code == 401
     with under_load(stack, min_s=10, rate_limit=None) as load:
         pass
     assert not load.failures, load.summary()
@@ -495,6 +541,25 @@ def test_a_broken_image_is_rolled_back_by_swarm_and_fails_no_request(
     with under_load(stack) as load:
         result, seconds = rollout(stack, "deploy", stack.images.broken)
     stack.measured["rollout_to_broken_image"] = {
+        "rolled_back_s": round(seconds, 1),
+        **load.summary(),
+    }
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert stack.update_state() == "rollback_completed"
+    assert stack.spec_image() == stack.images.second
+    assert not load.failures, load.summary()
+    wait_for_replicas(stack)
+    assert_serves_everywhere(stack, Models.sha256(models.second))
+
+
+def test_an_image_that_never_gets_ready_is_rolled_back_by_swarm_and_fails_no_request(
+    stack: Stack, models: Models
+) -> None:
+    """Its replica runs but never passes the /readyz healthcheck: it never gets traffic, the
+    update fails once the healthcheck's start period is over, and Swarm rolls it back."""
+    with under_load(stack) as load:
+        result, seconds = rollout(stack, "deploy", stack.images.never_ready)
+    stack.measured["rollout_to_never_ready_image"] = {
         "rolled_back_s": round(seconds, 1),
         **load.summary(),
     }
@@ -608,3 +673,87 @@ def test_a_stopped_replica_finishes_its_requests_and_exits_promptly(stack: Stack
     assert exit_code != "137", "SIGTERM did not stop the server: killed after the grace period"
     assert stop_s < STOP_BUDGET_S
     assert not load.failures, load.summary()
+
+
+def test_one_build_command_retrains_promotes_ships_and_rolls_the_stack_out(
+    stack: Stack, built_by_tests: list[tuple[str, str]], tmp_path: Path
+) -> None:
+    """`scripts/build --deploy`: train (1 epoch on 20,000 images), gate, promote into a scratch
+    store, build the image, roll it into the running stack; 0 failed requests meanwhile."""
+    image_name = f"mnist-swarm-test-build-{uuid.uuid4().hex[:8]}"
+    options = ["--recipe", "seed", "--epochs", "1", "--limit", "20000", "--min-accuracy", "80"]
+    options += ["--data-dir", str(DATA_DIR), "--reports-dir", str(tmp_path / "reports")]
+    options += ["--output", str(tmp_path / "model.pt"), "--image-name", image_name]
+    env = {**os.environ, "BENTOML_HOME": str(tmp_path / "bentoml")}
+
+    # A service that is not there: refused before anything is trained or promoted.
+    wrong = subprocess.run(
+        [str(BUILD), *options, "--deploy", "--swarm-service", f"{stack.name}_nosuch"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert wrong.returncode == 2, wrong.stdout + wrong.stderr
+    assert wrong.stderr.startswith(
+        f"error: --deploy: cannot deploy to the Swarm service '{stack.name}_nosuch'"
+    ), wrong.stderr
+    assert "Traceback" not in wrong.stderr and "nothing was promoted" in wrong.stderr
+    assert not (tmp_path / "model.pt").exists()
+
+    started = time.monotonic()
+    build = subprocess.Popen(
+        [str(BUILD), *options, "--deploy", "--swarm-service", stack.service],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    assert build.stdout is not None
+    printed = ""
+    try:
+        for line in build.stdout:  # until the rollout starts: the new model is known then
+            printed += line
+            if line.startswith("[7/8] deploy ..."):
+                break
+        assert "[7/8] deploy ..." in printed, printed
+        built_by_tests.append((f"{image_name}:latest", ""))
+        # The load checks every answer: only digits the new model and the served one agree on.
+        new_model = load_model(tmp_path / "model.pt")
+        batch = torch.stack([torch.from_numpy(preprocess_image_bytes(p)) for p, _ in stack.digits])
+        with torch.inference_mode():
+            predicted = new_model(batch.reshape(len(batch), -1)).argmax(dim=1).tolist()
+        digits = [pair for pair, new in zip(stack.digits, predicted, strict=True) if pair[1] == new]
+        assert len(digits) >= 20, f"{len(digits)} of {len(stack.digits)} agreed"
+        with under_load(stack, digits=digits) as load:
+            printed += build.stdout.read()
+            returncode = build.wait(timeout=CONVERGE_S * 2)
+    finally:
+        if build.poll() is None:
+            build.kill()
+            build.wait()
+    total_s = time.monotonic() - started
+    reports = [p for p in (tmp_path / "reports").iterdir() if not p.name.startswith(".")]
+    (folder,) = reports
+    report = json.loads((folder / "report.json").read_text())
+    version = report["model"]["version"]
+    built_by_tests.append((f"{image_name}:{version}", f"artifacts/.ship-{version}/model.pt"))
+    stack.measured["build_and_deploy"] = {
+        "build_s": round(total_s, 1),
+        "rollout_s": (report["deploy"] or {}).get("seconds"),
+        **load.summary(),
+    }
+    assert returncode == 0, printed
+    assert report["status"] == "promoted" and report["exit_code"] == 0
+    deployed = report["deploy"]
+    assert deployed["deployed"] and deployed["service"] == stack.service, deployed
+    assert deployed["image"] == deployed["serving_image"] == f"{image_name}:{version}"
+    assert deployed["previous_image"] == stack.images.first
+    assert "deployed" in (folder / "report.md").read_text()
+    assert f"deployed: {stack.service} serves {image_name}:{version}" in printed
+    assert not load.failures, load.summary()
+    assert stack.spec_image() == f"{image_name}:{version}"
+    wait_for_replicas(stack)
+    assert_serves_everywhere(stack, report["model"]["file_sha256"])
+    history, _ = rollout(stack, "history")
+    assert stack.images.first in history.stdout, history.stdout
