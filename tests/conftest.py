@@ -74,6 +74,15 @@ def calibrated_checkpoint(tmp_path_factory, mnist_train, mnist_test, mnist_md5) 
 
 
 @pytest.fixture(scope="session")
+def calibrated_server(calibrated_checkpoint, tmp_path_factory) -> Iterator[Server]:
+    """A real server of the calibrated model: its predictions carry the `uncertain` flag."""
+    home = tmp_path_factory.mktemp("calibrated-server")
+    env = server_env(home, MODEL_PATH=str(calibrated_checkpoint), MNIST_WORKERS="1")
+    with running_server(env, home / "server.log") as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
 def offline_model(trained_checkpoint):
     from training import load_model
 

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from itertools import pairwise
 from pathlib import Path
 
+import numpy as np
 import pytest
 from selenium import webdriver
 from selenium.common.exceptions import TimeoutException
@@ -26,8 +27,11 @@ from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import WebDriverWait
 
+from service.inference import Classifier, ModelSource, prediction
+from service.preprocess import preprocess_image_bytes
 from tests.requirements import unavailable
 from tests.support import REPO
+from tests.support.images import png_bytes
 
 # usefixtures run before the test's own arguments, so the check precedes `server`.
 pytestmark = [pytest.mark.e2e, pytest.mark.browser, pytest.mark.usefixtures("chromium_installed")]
@@ -185,3 +189,41 @@ def test_draw_upload_and_recover_from_errors(browser, server, mnist_test_pngs, t
         if entry["level"] == "SEVERE" and "status of 400" not in entry["message"]
     ]
     assert errors == []
+
+
+def test_the_page_says_when_the_input_is_not_a_digit(
+    browser, calibrated_server, calibrated_checkpoint, mnist_test_pngs, tmp_path
+):
+    """Noise the model flags is shown as "not sure", a digit it is sure of as a plain answer."""
+    classifier = Classifier(ModelSource(calibrated_checkpoint, None))
+
+    def flagged(png: bytes) -> bool:
+        row = classifier.outputs(preprocess_image_bytes(png).reshape(1, 784))[0]
+        return bool(prediction(row)["uncertain"])
+
+    rng = np.random.default_rng(0)
+    noises = (
+        png_bytes(np.pad(rng.integers(0, 256, (40, 40), dtype=np.uint8), 12)) for _ in range(50)
+    )
+    path = tmp_path / "noise.png"
+    path.write_bytes(next(png for png in noises if flagged(png)))
+    digit = tmp_path / "digit.png"
+    digit.write_bytes(next(png for png, _ in mnist_test_pngs if not flagged(png)))
+    browser.get(f"{calibrated_server.url}/ui/")
+    WebDriverWait(browser, WAIT_S).until(
+        lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-model") == "ready"
+    )
+    upload(browser, path)
+    WebDriverWait(browser, WAIT_S).until(
+        lambda d: d.find_element(By.ID, "confidence").text.startswith("Not sure this is a digit")
+    )
+    assert "uncertain" in browser.find_element(By.ID, "digit").get_attribute("class")
+
+    upload(browser, digit)
+    WebDriverWait(browser, WAIT_S).until(
+        lambda d: (
+            d.find_element(By.ID, "confidence").text.endswith("% confident")
+            and not d.find_element(By.ID, "confidence").text.startswith("Not sure")
+        )
+    )
+    assert "uncertain" not in browser.find_element(By.ID, "digit").get_attribute("class")

@@ -110,9 +110,12 @@ function buildBars() {
   resetResult();
 }
 
-function showPrediction({ digit, confidence, probabilities }) {
+function showPrediction({ digit, confidence, probabilities, uncertain }) {
   $("digit").textContent = String(digit);
-  $("confidence").textContent = `${formatPercent(confidence)} confident`;
+  $("confidence").textContent = uncertain
+    ? `Not sure this is a digit: best guess ${digit}, ${formatPercent(confidence)} confident`
+    : `${formatPercent(confidence)} confident`;
+  $("digit").classList.toggle("uncertain", uncertain === true);
   probabilities.forEach((p, i) => setBar(bars[i], p, i === digit));
 }
 
@@ -142,6 +145,7 @@ function showModelInput(rows) {
 
 function resetResult() {
   $("digit").textContent = "–";
+  $("digit").classList.remove("uncertain");
   $("confidence").textContent = "Draw or upload a digit to start.";
   bars.forEach((row) => setBar(row, 0, false));
   modelInput.fillStyle = "#000";
