@@ -21,7 +21,7 @@ from service.request_body import ClientError
 
 SLICE_BYTES = 128 * 1024  # one orjson call: at most a few ms of GIL, whatever the content
 MAX_IMAGE_JSON_BYTES = 64 * 1024  # 784 full-precision floats, indented, take ~25 KiB
-GENERAL_JSON_BYTES = 512 * 1024  # worst case for one call: ~30 ms (docs/benchmarks.md)
+GENERAL_JSON_BYTES = 256 * 1024  # one call; worst (empty lists): ~15 ms, docs/benchmarks.md
 WINDOW_BYTES = 1024 * 1024  # bracket depth is computed this many bytes at a time
 
 _PREFIX = re.compile(rb'(?:\xef\xbb\xbf)?[ \t\r\n]*\{[ \t\r\n]*"images"[ \t\r\n]*:[ \t\r\n]*\[')
