@@ -38,6 +38,7 @@ from tests.support import REPO
 from tests.support.docker_images import remove_image
 from tests.support.servers import free_port
 from training import load_model
+from training.pipeline.deploy import roll_out
 from training.train import TrainConfig, train_and_save
 
 pytestmark = [pytest.mark.e2e, pytest.mark.docker, pytest.mark.timeout(1800)]
@@ -673,6 +674,30 @@ def test_a_stopped_replica_finishes_its_requests_and_exits_promptly(stack: Stack
     assert exit_code != "137", "SIGTERM did not stop the server: killed after the grace period"
     assert stop_s < STOP_BUDGET_S
     assert not load.failures, load.summary()
+
+
+def test_a_failed_rollout_from_the_build_is_one_line_and_the_old_image_keeps_serving(
+    stack: Stack, tmp_path: Path
+) -> None:
+    """The deploy step's outcome when Swarm refuses the image (here: no such image on the
+    node, so its task is rejected and Swarm rolls the update back): one line, nothing lost."""
+    before = stack.spec_image()
+    missing = f"mnist-swarm-test-missing:{uuid.uuid4().hex[:8]}"
+    with under_load(stack, min_s=10) as load:
+        result = roll_out(
+            missing,
+            stack.service,
+            timeout_s=CONVERGE_S,
+            log_path=tmp_path / "rollout.log",
+            log=lambda line: None,
+        )
+    stack.measured["failed_rollout_from_build"] = {"seconds": result.seconds, **load.summary()}
+    assert not result.deployed and result.previous_image == before
+    assert result.serving_image == before == stack.spec_image()
+    assert result.note.startswith(f"rollout of {missing} to {stack.service} failed"), result.note
+    assert "\n" not in result.note and "did not complete" in result.note
+    assert not load.failures, load.summary()
+    wait_for_replicas(stack)
 
 
 def test_one_build_command_retrains_promotes_ships_and_rolls_the_stack_out(
