@@ -691,7 +691,7 @@ def test_a_failed_rollout_from_the_build_is_one_line_and_the_old_image_keeps_ser
             log_path=tmp_path / "rollout.log",
             log=lambda line: None,
         )
-    stack.measured["failed_rollout_from_build"] = {"seconds": result.seconds, **load.summary()}
+    stack.measured["failed_rollout_from_build"] = {"rollout_s": result.seconds, **load.summary()}
     assert not result.deployed and result.previous_image == before
     assert result.serving_image == before == stack.spec_image()
     assert result.note.startswith(f"rollout of {missing} to {stack.service} failed"), result.note
