@@ -88,16 +88,12 @@ def test_outliers_shapes_ranges_and_determinism():
     assert not torch.equal(made, source)
 
 
-def test_outliers_stay_inside_the_20_pixel_box_like_preprocessed_uploads():
-    made = outliers(digits(200), torch.Generator().manual_seed(4)).reshape(-1, 28, 28)
+def test_outliers_look_like_preprocessed_uploads():
+    """Boxed to 20 px like preprocessed uploads, except full-frame noise (28x28 passes through)."""
+    made = outliers(digits(700), torch.Generator().manual_seed(4)).reshape(-1, 28, 28)
     edge = 2  # preprocessing centres a 20 px box: 4 px margins, less a rounding pixel
     border = torch.cat(
-        [
-            made[:, :edge],
-            made[:, -edge:],
-            made[..., :edge].transpose(1, 2),
-            made[..., -edge:].transpose(1, 2),
-        ],
-        dim=1,
-    )
-    assert border.amax() < 1e-6
+        [made[:, :edge], made[:, -edge:], made[..., :edge].mT, made[..., -edge:].mT], dim=1
+    ).flatten(1)
+    boxed = border.amax(dim=1) < 1e-6
+    assert 0.85 < boxed.float().mean() < 0.97  # about 1/12 are full-frame noise

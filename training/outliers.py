@@ -6,7 +6,7 @@ answer on non-digits towards the uniform distribution, so low confidence and a h
 score then mean "not a digit I know". The outliers are made here, in torch, as the service's
 preprocessing would hand them to the model (ink cropped, scaled to 20 px, centred in 28x28):
 noise squares, blobs and bars (a speck or a tick blown up), digit fragments, rows of
-squeezed digits (text-like) and scribbles of a few straight strokes (letter-like).
+squeezed digits (text-like), and scribbles of straight strokes (letter-like).
 None of them comes from the robustness suite.
 """
 
@@ -24,26 +24,39 @@ Rand = Callable[..., Tensor]  # shape -> uniform [0, 1) tensor from the run's ge
 
 
 def outliers(digits: Tensor, generator: torch.Generator) -> Tensor:
-    """(N, 784) non-digits in [0, 1], made from (and as many as) the given (N, 784) digits."""
+    """(N, 784) non-digits in [0, 1], made from (and as many as) the given (N, 784) digits.
+
+    Each kind makes an equal share (N // KINDS, the first kinds one more for the remainder):
+    making only what is used keeps this at a few ms per training step.
+    """
     n, device = digits.shape[0], digits.device
 
     def rand(*shape: int) -> Tensor:
         return torch.rand(shape, generator=generator, device=device)
 
-    kind = torch.randint(0, KINDS, (n,), generator=generator, device=device)
     images = digits.reshape(n, 1, SIDE, SIDE)
-    made = torch.stack(
-        [
-            _noise(rand, n),
-            _blobs(rand, n),
-            _bars(rand, n),
-            _fragments(images, rand, n),
-            _rows(images, generator, n),
-            _scribbles(rand, n),
-        ]
-    )  # (KINDS, N, 1, 28, 28)
-    picked = made[kind, torch.arange(n, device=device)]
-    return picked.reshape(n, -1).clamp_(0.0, 1.0)
+    sizes = [n // KINDS + (1 if k < n % KINDS else 0) for k in range(KINDS)]
+    parts, start = [], 0
+    for kind, size in enumerate(sizes):
+        if size:
+            chunk = images[start : start + size]
+            parts.append(_make(kind, chunk, rand, generator, size))
+        start += size
+    return torch.cat(parts).reshape(n, -1).clamp_(0.0, 1.0)
+
+
+def _make(kind: int, images: Tensor, rand: Rand, generator: torch.Generator, n: int) -> Tensor:
+    if kind == 0:
+        return _noise(rand, n)
+    if kind == 1:
+        return _blobs(rand, n)
+    if kind == 2:
+        return _bars(rand, n)
+    if kind == 3:
+        return _fragments(images, rand, n)
+    if kind == 4:
+        return _rows(images, generator, n)
+    return _scribbles(rand, n)
 
 
 def _in_box(content: Tensor) -> Tensor:
@@ -64,7 +77,9 @@ def _noise(rand: Rand, n: int) -> Tensor:
     blotchy = ((blotchy - 0.3) / 0.4).clamp(0, 1)
     choice = (rand(n, 1, 1, 1) * 3).long()
     noise = torch.where(choice == 0, uniform, torch.where(choice == 1, sparse, blotchy))
-    return _in_box(noise)
+    # Half fill the whole 28x28 frame: a 28x28 upload on a dark ground passes through unchanged.
+    full = F.interpolate(noise, size=(SIDE, SIDE), mode="nearest")
+    return torch.where(rand(n, 1, 1, 1) < 0.5, _in_box(noise), full)
 
 
 def _grid(n: int, device: torch.device) -> tuple[Tensor, Tensor]:

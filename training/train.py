@@ -55,7 +55,7 @@ RECIPES = {
     "seed": TrainConfig(),
     "robust": TrainConfig(
         recipe="robust",
-        epochs=16,
+        epochs=18,
         lr=3e-3,
         augment=True,
         schedule="one-cycle",
