@@ -52,26 +52,18 @@ ENV PATH=/opt/venv/bin:$PATH
 
 # Dependencies are declared once, in pyproject.toml: [project].dependencies is the serving runtime.
 COPY pyproject.toml /src/
-RUN python3 -c "import re, tomllib; \
+COPY scripts/torch_source.py /src/scripts/
+RUN python3 -c "import tomllib; \
 deps = tomllib.load(open('/src/pyproject.toml', 'rb'))['project']['dependencies']; \
-torch = [d for d in deps if re.match(r'torch\s*([<>=!~;\[]|$)', d)] or ['torch']; \
-open('/src/requirements.txt', 'w').write('\n'.join(deps) + '\n'); \
-open('/src/torch-requirement.txt', 'w').write(torch[0] + '\n')"
+open('/src/requirements.txt', 'w').write('\n'.join(deps) + '\n')"
 
-# torch first, CPU-only: from docker/wheelhouse/ when it holds a wheel for this Python (no
-# download of torch itself), else from the PyTorch CPU index.
+# torch first, CPU-only, chosen as `make setup` chooses it (scripts/torch_source.py): the newest
+# torch-*+cpu wheel in docker/wheelhouse/ for this Python within pyproject's range (no download
+# of torch itself), else pyproject's torch from TORCH_INDEX_URL.
 COPY docker/wheelhouse/ /tmp/wheelhouse/
-RUN set -eu; \
-    pytag="cp$(python3 -c 'import sys; print("%d%d" % sys.version_info[:2])')"; \
-    whl="$(ls /tmp/wheelhouse/torch-*+cpu-"$pytag"-*.whl 2>/dev/null | sort -V | tail -n 1)"; \
-    if [ -n "$whl" ]; then \
-        echo "installing torch from the wheelhouse: $whl"; \
-        pip install "$whl"; \
-    else \
-        echo "installing torch from $TORCH_INDEX_URL"; \
-        pip install --index-url "$TORCH_INDEX_URL" -r /src/torch-requirement.txt; \
-    fi; \
-    rm -rf /tmp/wheelhouse
+RUN python /src/scripts/torch_source.py --install \
+        --find-links /tmp/wheelhouse --fallback-index "$TORCH_INDEX_URL" \
+    && rm -rf /tmp/wheelhouse
 
 # The rest of the runtime; torch is already satisfied, so pip must not fetch another build.
 RUN pip install -r /src/requirements.txt \

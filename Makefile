@@ -14,8 +14,14 @@ FAST_TESTS := not e2e and not docker and not browser and not slow
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml
+# torch is chosen once, when the environment has none (scripts/torch_source.py): TORCH_INDEX_URL
+# when set (e.g. https://download.pytorch.org/whl/cpu), else a local torch-*+cpu wheel in pip's
+# find-links, else torch from PyPI (the CUDA build on Linux). README "Setup" has the costs.
+TORCH_INDEX_URL ?=
+
+$(STAMP): pyproject.toml scripts/torch_source.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python scripts/torch_source.py --install --quiet $(if $(TORCH_INDEX_URL),--index-url '$(TORCH_INDEX_URL)')
 	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[train,dev]'
 	rm -f $(VENV)/.installed-* && touch $@
 

@@ -98,7 +98,7 @@ def write_bodies(directory: Path, count: int = BODY_COUNT) -> Path:
 
     Distinct bodies, because one repeated body lets any cache or branch predictor flatter a server.
     """
-    from training.data import ensure_mnist, load_split  # torchvision: only where bodies are built
+    from training.data import ensure_mnist, load_split  # torch: only where bodies are built
 
     ensure_mnist(REPO / "data")
     images, _ = load_split(REPO / "data", train=False)

@@ -19,14 +19,36 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
+from PIL import Image
 from torch import nn
-from torch.utils.data import DataLoader
-from torchvision import datasets, transforms
+from torch.utils.data import DataLoader, Dataset
 
-from training.data import ensure_mnist, load_split
+from training.data import SPLIT_FILES, ensure_mnist, load_split, raw_dir, read_idx
 from training.model import MLP
 from training.train import TrainConfig, train
+
+
+class SeedStyleMNIST(Dataset):
+    """What the seed's `torchvision.datasets.MNIST(transform=ToTensor())` does per item, without
+    torchvision (which cannot be imported beside the CPU-only torch): the uint8 28x28 array made
+    a PIL image, then `ToTensor` (array copy, HWC -> CHW, `.float().div(255)`), label as int."""
+
+    def __init__(self, data_dir: Path, train: bool) -> None:
+        files = [raw_dir(data_dir) / name for name in SPLIT_FILES[train]]
+        images, labels = (read_idx(path.read_bytes()) for path in files)
+        self.data = torch.from_numpy(images.copy())
+        self.targets = torch.from_numpy(labels.astype(np.int64))
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        image = Image.fromarray(self.data[index].numpy(), mode="L")
+        pixels = torch.from_numpy(np.array(image, np.uint8, copy=True))
+        pixels = pixels.view(image.size[1], image.size[0], 1).permute((2, 0, 1)).contiguous()
+        return pixels.to(dtype=torch.get_default_dtype()).div(255), int(self.targets[index])
 
 
 def seed_style_loop(data_dir: Path, seed: int) -> Callable[[], tuple[float, float]]:
@@ -35,9 +57,8 @@ def seed_style_loop(data_dir: Path, seed: int) -> Callable[[], tuple[float, floa
     Returns a function that runs one epoch and returns (seconds, test accuracy).
     """
     torch.manual_seed(seed)
-    to_tensor = transforms.ToTensor()
-    train_set = datasets.MNIST(str(data_dir), train=True, transform=to_tensor)
-    test_set = datasets.MNIST(str(data_dir), train=False, transform=to_tensor)
+    train_set = SeedStyleMNIST(data_dir, train=True)
+    test_set = SeedStyleMNIST(data_dir, train=False)
     # Generators of their own: the loaders draw a seed every epoch, and must not do so from
     # the global RNG that the project's train() runs between (and may one day use).
     shuffle = torch.Generator().manual_seed(seed)

