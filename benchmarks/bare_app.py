@@ -2,8 +2,9 @@
 
     MODEL_PATH=model.pt uvicorn benchmarks.bare_app:app --workers 2 --loop uvloop --http httptools
 
-One multipart PNG in field `image` -> {"digit", "confidence", "probabilities"}; no batching,
-no limits, no auth, no metrics: only what the service must do anyway, to measure against.
+One multipart PNG in field `image` -> {"digit", "confidence", "probabilities", "uncertain"} (the
+service's own `Classifier.outputs` and `prediction`); no batching, no limits, no auth, no
+metrics: only what the service must do anyway, to measure against.
 """
 
 import json
@@ -12,11 +13,11 @@ import os
 import torch
 from python_multipart.multipart import parse_options_header
 
+from service.inference import Classifier, ModelSource, prediction
 from service.preprocess import preprocess_image_bytes
-from training import load_model
 
 torch.set_num_threads(1)
-model = load_model(os.environ["MODEL_PATH"])
+classifier = Classifier(ModelSource(os.environ["MODEL_PATH"], None))
 
 
 async def app(scope, receive, send):
@@ -31,11 +32,7 @@ async def app(scope, receive, send):
     boundary = parse_options_header(dict(scope["headers"])[b"content-type"])[1][b"boundary"]
     part = body.split(b"--" + boundary)[1]
     image = part[part.index(b"\r\n\r\n") + 4 : -2]
-    with torch.inference_mode():
-        row = model(torch.from_numpy(preprocess_image_bytes(image).reshape(1, 784)))[0]
-        probabilities = [round(p, 6) for p in row.softmax(0).tolist()]
-    digit = max(range(10), key=probabilities.__getitem__)
-    answer = {"digit": digit, "confidence": probabilities[digit], "probabilities": probabilities}
+    answer = prediction(classifier.outputs(preprocess_image_bytes(image).reshape(1, 784))[0])
     headers = [(b"content-type", b"application/json")]
     await send({"type": "http.response.start", "status": 200, "headers": headers})
     await send({"type": "http.response.body", "body": json.dumps(answer).encode()})
