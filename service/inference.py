@@ -31,8 +31,9 @@ class Classifier:
         import torch
 
         from training import Checkpoint
+        from training.calibration import uncertain
 
-        self.torch = torch
+        self.torch, self.uncertain = torch, uncertain  # imported once, not on every batch
         checkpoint = Checkpoint.load(source.path)  # raises CheckpointError with a one-line reason
         self.model = checkpoint.model
         self.metadata: dict[str, Any] = checkpoint.metadata
@@ -45,8 +46,6 @@ class Classifier:
 
         One array so the batcher can hand each request its rows without knowing what they hold.
         """
-        from training.calibration import uncertain
-
         torch = self.torch
         with torch.inference_mode():
             logits = self.model(torch.from_numpy(images))
@@ -54,7 +53,7 @@ class Classifier:
                 flags = torch.full((len(logits), 1), float("nan"))
                 return torch.cat([logits.softmax(dim=1), flags], dim=1).numpy()
             probabilities = (logits / self.calibration.temperature).softmax(dim=1)
-            flags = uncertain(logits, self.calibration).float().unsqueeze(1)
+            flags = self.uncertain(logits, self.calibration).float().unsqueeze(1)
             return torch.cat([probabilities, flags], dim=1).numpy()
 
     def info(self) -> dict[str, Any]:

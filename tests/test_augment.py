@@ -2,10 +2,26 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 
 from training.augment import Augmentation, augment
 from training.outliers import KINDS, outliers
+
+# Every transform at its identity; tests switch single ones back on with `replace`.
+NO_CHANGE = Augmentation(
+    rotation_degrees=0,
+    scale=(1, 1),
+    stretch=0,
+    shear=0,
+    translate_pixels=0,
+    elastic_pixels=0,
+    thicken=0,
+    thin=0,
+    blur=0,
+    contrast=(1, 1),
+)
 
 
 def digits(n: int = 64) -> torch.Tensor:
@@ -40,37 +56,14 @@ def test_augment_changes_most_images_but_keeps_their_ink():
 
 
 def test_no_augmentation_is_the_identity():
-    none = Augmentation(
-        rotation_degrees=0,
-        scale=(1, 1),
-        stretch=0,
-        shear=0,
-        translate_pixels=0,
-        elastic_pixels=0,
-        thicken=0,
-        thin=0,
-        blur=0,
-        contrast=(1, 1),
-    )
+    none = NO_CHANGE
     source = digits()
     out = augment(source, torch.Generator().manual_seed(0), none)
     assert torch.allclose(out, source, atol=1e-5)
 
 
 def test_thicken_only_adds_ink():
-    thicken = Augmentation(
-        rotation_degrees=0,
-        scale=(1, 1),
-        stretch=0,
-        shear=0,
-        translate_pixels=0,
-        elastic_pixels=0,
-        thicken=1.0,
-        thin=0,
-        blur=0,
-        contrast=(1, 1),
-        clean=0,
-    )
+    thicken = replace(NO_CHANGE, thicken=1.0, clean=0)
     source = digits()
     out = augment(source, torch.Generator().manual_seed(0), thicken)
     assert (out >= source - 1e-5).all()
