@@ -48,7 +48,7 @@ _GRAIN_SIGMAS = 4.0  # on grainy paper, ink must stand out this many noise sigma
 _SOLID_INK = 96  # on grainy paper, the box spans ink at least this strong (of 255)
 _WORKING_SIDE = 2048  # larger images are box-reduced first so NumPy work stays bounded
 
-_ALPHA_MODES = ("LA", "PA", "RGBA")
+_BAND_PIXELS = 4_000_000  # conversions that hold the GIL run on bands this large (~10 ms)
 _ORIENTATION = {
     2: Image.Transpose.FLIP_LEFT_RIGHT,
     3: Image.Transpose.ROTATE_180,
@@ -192,12 +192,17 @@ def _to_gray(image: Image.Image) -> Image.Image:
         return _wide_to_gray(image)
     if mode == "P" and image.has_transparency_data:
         return _opaque(image.point(_palette_gray_levels(image), "L"))
-    if mode in _ALPHA_MODES:
+    if mode in ("LA", "RGBA"):  # as a mask, the image gives its alpha band
         paper = Image.new("L", image.size, 255)
-        paper.paste(image.convert("L"), mask=image.getchannel("A"))
+        paper.paste(image.convert("L"), mask=image)
         return paper
+    if mode == "PA":  # Pillow refuses PA as a mask: the alpha band is copied, a band at a time
+        return _in_bands(image, lambda band: _to_gray(band.convert("LA")))
     if mode == "La":  # premultiplied (TIFF "associated alpha"): stored gray + (255 - alpha)
-        return ImageChops.add(image.getchannel(0), ImageChops.invert(image.getchannel(1)))
+        return _in_bands(
+            image,
+            lambda band: ImageChops.add(band.getchannel(0), ImageChops.invert(band.getchannel(1))),
+        )
     if mode == "RGBa":  # Pillow's RGBa -> L un-premultiplies, but drops the alpha
         return _to_gray(image.convert("RGBA"))
     if mode == "L":  # gray with one transparent level (PNG tRNS)
@@ -209,6 +214,22 @@ def _to_gray(image: Image.Image) -> Image.Image:
         return image.convert("L")
     except ValueError:  # e.g. LAB has no direct route to L
         return image.convert("RGB").convert("L")
+
+
+def _in_bands(image: Image.Image, to_gray: Callable[[Image.Image], Image.Image]) -> Image.Image:
+    """``to_gray`` applied to bands of rows of at most ``_BAND_PIXELS``, pasted into one image.
+
+    Pillow's getchannel holds the GIL (~2.4 ms a million pixels, measured), while crop and
+    paste release it: a 40 M-pixel image in one call kept every other thread waiting ~95 ms.
+    """
+    rows = max(1, _BAND_PIXELS // image.width)
+    if rows >= image.height:
+        return to_gray(image)
+    gray = Image.new("L", image.size)
+    for top in range(0, image.height, rows):
+        band = image.crop((0, top, image.width, min(image.height, top + rows)))
+        gray.paste(to_gray(band), (0, top))
+    return gray
 
 
 def _opaque(gray: Image.Image) -> Image.Image:

@@ -9,6 +9,7 @@ import contextlib
 import io
 import resource
 import struct
+import threading
 import time
 import tracemalloc
 import zlib
@@ -29,6 +30,7 @@ from service.decode_policy import (
     MAX_RLE_BMP_PIXELS,
     MAX_STRAY_BYTES,
     MAX_TIFF_TAGS,
+    MAX_WEBP_PIXELS,
     RLE_BMP_PASSES,
     SUPPORTED_FORMATS,
     ImageHeader,
@@ -212,16 +214,67 @@ def test_webp_canvas_is_refused_from_its_header():
 
 def test_small_lossless_webp_declares_its_cost_before_decoding():
     # The 1.7 KB attack: a lossless WebP of a huge uniform canvas (~6 bytes a pixel to decode).
-    data = webp_lossless(6324, 6324)
+    data = webp_lossless(4000, 4000)
 
     header, seconds, _, _ = measured(lambda: inspect_image(data))
 
     assert isinstance(header, ImageHeader), header
-    assert (header.format, header.width, header.height) == ("WEBP", 6324, 6324)
-    assert header.decoded_pixels == 6324 * 6324
-    assert header.peak_bytes > 6 * 6324 * 6324  # canvases, ARGB buffer, RGBA image, gray
+    assert (header.format, header.width, header.height) == ("WEBP", 4000, 4000)
+    assert header.decoded_pixels == 4000 * 4000
+    assert header.peak_bytes > 6 * 4000 * 4000  # canvases, ARGB buffer, RGBA image, gray
     assert seconds < FAST_S
-    assert_refused_cheaply(data, "6324x6324", max_pixels=10_000_000)
+    assert_refused_cheaply(data, "4000x4000", max_pixels=10_000_000)
+
+
+def test_webp_has_a_lower_pixel_limit_of_its_own():
+    """Pillow copies a decoded WebP canvas holding the GIL (~2.4 ns a pixel): at 40 M pixels the
+    worker's event loop stalled ~100 ms, so WebP stops at MAX_WEBP_PIXELS, other formats do not."""
+    assert MAX_WEBP_PIXELS == 16_000_000
+    message = assert_refused_cheaply(webp_lossless(4001, 4000), "4001x4000")
+    assert "limit 16,000,000 pixels for WebP" in message
+    assert "4001x4000" in assert_refused_cheaply(webp_canvas_header(4001, 4000), "for WebP")
+    assert inspect_image(gif((6324, 6324))).decoded_pixels == 6324 * 6324  # other formats: 40 M
+    limit = "limit 1,000,000 pixels"  # a lower general limit still applies to WebP too
+    assert_refused_cheaply(webp_lossless(1001, 1000), limit, max_pixels=1_000_000)
+
+
+def longest_gil_hold_ms(work: Callable[[], object], runs: int = 3) -> float:
+    """The least, over `runs`, of the longest wait of a thread ticking every 1 ms while `work`
+    runs in another: a call that holds the GIL makes every run's wait that long, while the
+    machine's own scheduling noise rarely hits all of them."""
+    holds = []
+    for _ in range(runs):
+        worker = threading.Thread(target=work)
+        longest, last = 0.0, time.perf_counter()
+        worker.start()
+        while worker.is_alive():
+            time.sleep(0.001)
+            now = time.perf_counter()
+            longest, last = max(longest, now - last), now
+        worker.join()
+        holds.append(longest * 1000)
+    return min(holds)
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "LA", "PA", "La"])
+def test_transparent_40m_pixel_images_become_gray_without_holding_the_gil(mode):
+    """getchannel holds the GIL (~2.4 ms a million pixels): on a 40 M-pixel image the old
+    conversion kept other threads waiting 30-95 ms (La: two getchannel calls). Now the image is
+    its own mask (RGBA, LA) or is converted in bands of 4 M pixels (PA, La)."""
+    side = 6324
+    base = Image.new("LA", (side, side), (100, 200))
+    image = base if mode == "LA" else base.convert("RGBA") if mode == "RGBA" else None
+    if image is None:
+        image = Image.frombytes(mode, base.size, base.tobytes())
+        if mode == "PA":
+            image.putpalette(bytes(v for v in range(256) for _ in range(3)))  # gray ramp
+    small = image.resize((64, 64), Image.Resampling.NEAREST)
+    expected = 155 if mode == "La" else 133  # gray 100 at alpha 200 over white paper
+    assert preprocess._to_gray(small).getextrema() == (expected, expected)
+
+    hold = longest_gil_hold_ms(lambda: preprocess._to_gray(image))
+
+    assert hold < 40, f"another thread waited {hold:.0f} ms"
 
 
 # --- TIFF ----------------------------------------------------------------------------------------
