@@ -25,14 +25,19 @@ Decisions a client sees:
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
+import re
+import secrets
 import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import orjson
 
+from service.json_batch import GENERAL_JSON_BYTES, SLICE_BYTES, WINDOW_BYTES
 from service.preprocess import (
     MAX_IMAGE_PIXELS,
     SUPPORTED_FORMATS,
@@ -68,6 +73,17 @@ _OUTPUT_DTYPE = {"FP32": "<f4", "INT64": "<i8"}
 _UINT64_MAX = 2**64 - 1
 _MAX_RANK = 8  # longer shapes can only be wrong; refusing early keeps messages short
 _BINARY_HINT = "send the tensor as binary data (raw file bytes per element)"
+
+WHOLE_JSON_BYTES = GENERAL_JSON_BYTES
+"""A JSON document (a whole body, or the JSON header before binary data) up to this size is
+parsed in one call (~15 ms at most). A larger JSON body must carry its pixels as one array of
+numbers in `inputs[0].data`: that array is cut out and parsed in slices (`_NumericData`), the
+rest of the document must fit in this size, and a binary request's JSON header too."""
+MAX_DATA_ELEMENT_BYTES = 64 * 1024  # one element of a sliced "data" array (a row, an image)
+_DATA_KEY = re.compile(rb'"data"[ \t\r\n]*:[ \t\r\n]*\[')
+_NUMERIC = np.zeros(256, bool)
+_NUMERIC[np.frombuffer(b"0123456789+-.eE,[] \t\r\n", np.uint8)] = True
+_OPEN, _CLOSE = ord("["), ord("]")
 
 
 @dataclass(frozen=True)
@@ -197,7 +213,20 @@ def parse_infer_request(
             "uncompressed",
         )
     header_length = _header_length(headers.get(HEADER_LENGTH), len(body))
-    json_part = body if header_length is None else bytes(body[:header_length])
+    numeric = None
+    if header_length is not None:
+        if header_length > WHOLE_JSON_BYTES:
+            raise ClientError(
+                413,
+                f"the JSON inference header is {header_length:,} bytes; the limit is "
+                f"{WHOLE_JSON_BYTES:,} bytes (the tensor data goes after it, as binary data)",
+            )
+        json_part = bytes(body[:header_length])
+    elif len(body) > WHOLE_JSON_BYTES:
+        numeric = _NumericData.cut(body)
+        json_part = numeric.rest
+    else:
+        json_part = body
     document = _parse_json(json_part, header_given=header_length is not None)
     if not isinstance(document, dict):
         raise ClientError(400, "the inference request must be a JSON object")
@@ -216,6 +245,17 @@ def parse_infer_request(
     binary = _binary_region(tensor, input_parameters, header_length, len(body))
     if binary is None:
         data = tensor["data"]
+        if numeric is not None:
+            if data != numeric.placeholder:
+                raise numeric.not_plain()
+            if datatype == "BYTES":
+                raise ClientError(
+                    413,
+                    f"the body is {len(body):,} bytes; above {WHOLE_JSON_BYTES:,} bytes BYTES "
+                    f"elements must come as binary data ({_BINARY_HINT})",
+                )
+            images = numeric.pixels(datatype, shape)
+            return InferRequest(request_id, datatype, shape, outputs, images=images)
         if datatype == "BYTES":
             return InferRequest(
                 request_id,
@@ -481,6 +521,9 @@ def _pixels_binary(
     return images
 
 
+_NOT_REGULAR = '"data" is not a regular array (nested lists of different lengths?)'
+
+
 def _pixels_json(data: object, datatype: str, shape: tuple[int, ...]) -> np.ndarray:
     owner = f"input '{INPUT_NAME}'"
     if not isinstance(data, list):
@@ -488,40 +531,249 @@ def _pixels_json(data: object, datatype: str, shape: tuple[int, ...]) -> np.ndar
     try:
         array = np.asarray(data)
     except (ValueError, TypeError, OverflowError, RecursionError):
-        raise ClientError(
-            400, f'{owner} "data" is not a regular array (nested lists of different lengths?)'
-        ) from None
-    count = shape[0] * PIXELS
-    if array.size != count:
-        raise ClientError(
-            400,
-            f"{owner} has shape {_show_shape(shape)} ({count} values), but its data holds "
-            f"{array.size}",
-        )
+        raise ClientError(400, f"{owner} {_NOT_REGULAR}") from None
+    _check_count(array.size, shape)
+    _check_kind(array.dtype.kind, datatype)
     if datatype == "UINT8":
-        if array.dtype.kind not in "iu":
-            raise ClientError(
-                400,
-                f"{owner} is UINT8, so its data must be integers 0-255 (no fractions, "
-                "strings, booleans or nulls)",
-            )
-        low, high = int(array.min()), int(array.max())
-        if low < 0 or high > 255:
-            raise ClientError(
-                422,
-                f"{owner} is UINT8, so its values must lie in 0-255; they range from {low} "
-                f"to {high}",
-            )
+        _check_byte_range(int(array.min()), int(array.max()))
         images = array.reshape(shape[0], PIXELS).astype(np.float32)
         images /= 255
         return images
-    if array.dtype.kind not in "iuf":
-        raise ClientError(
-            400, f"{owner} is FP32, so its data must be numbers (no strings, booleans or nulls)"
-        )
     values = array.reshape(shape[0], PIXELS).astype(np.float64)
     _check_unit_range(values)  # before the cast, so 1e39 is refused, not an overflow to inf
     return values.astype(np.float32)
+
+
+def _check_count(size: int, shape: tuple[int, ...]) -> None:
+    count = shape[0] * PIXELS
+    if size != count:
+        raise ClientError(
+            400,
+            f"input '{INPUT_NAME}' has shape {_show_shape(shape)} ({count} values), but its data "
+            f"holds {size}",
+        )
+
+
+def _check_kind(kind: str, datatype: str) -> None:
+    """The numpy kind of the whole data ("O" for integers beyond 64 bits) against the type."""
+    owner = f"input '{INPUT_NAME}'"
+    if datatype == "UINT8" and kind not in "iu":
+        raise ClientError(
+            400,
+            f"{owner} is UINT8, so its data must be integers 0-255 (no fractions, "
+            "strings, booleans or nulls)",
+        )
+    if kind not in "iuf":
+        raise ClientError(
+            400, f"{owner} is FP32, so its data must be numbers (no strings, booleans or nulls)"
+        )
+
+
+def _check_byte_range(low: int, high: int) -> None:
+    if low < 0 or high > 255:
+        raise ClientError(
+            422,
+            f"input '{INPUT_NAME}' is UINT8, so its values must lie in 0-255; they range from "
+            f"{low} to {high}",
+        )
+
+
+class _NumericData:
+    """A large JSON body's `inputs[0].data`, a plain array of numbers, parsed in slices.
+
+    One `json.loads` of a 64 MiB body held the GIL for seconds (in a worker thread too), so the
+    event loop stalled. So the array (only digits, signs, dots, exponents, commas, brackets and
+    whitespace) is replaced by a random placeholder string, the small rest of the document is
+    parsed as usual (the caller checks that the placeholder is exactly `inputs[0].data`), and
+    the array is cut at the commas between its top-level elements and parsed ~SLICE_BYTES at a
+    time with orjson, into one preallocated float32 array. Values, the order of the checks and
+    their messages are those of `_pixels_json` on the whole array.
+    """
+
+    def __init__(self, body: bytes, start: int, stop: int) -> None:
+        self.body, self.start, self.stop = body, start, stop  # the array is body[start:stop]
+        self.placeholder = f"data-{secrets.token_hex(16)}"
+        self.rest = body[:start] + f'"{self.placeholder}"'.encode() + body[stop:]
+
+    @classmethod
+    def cut(cls, body: bytes) -> _NumericData:
+        """The body's longest `"data": [numbers...]` array, cut out; 413 when there is none
+        or the rest of the document is over WHOLE_JSON_BYTES."""
+        best: tuple[int, int] | None = None
+        # What precedes the array is part of the rest, so the key is within its size: no
+        # search through the megabytes of numbers after it (a find there holds the GIL ~50 ms).
+        head = WHOLE_JSON_BYTES + 64
+        at = body.find(b'"data"', 0, head)
+        for _ in range(8):  # an input has one "data"; a few more in other strings at most
+            key = _DATA_KEY.match(body, at) if at >= 0 else None
+            at = -1 if at < 0 else body.find(b'"data"', at + 1, head)
+            if key is None:
+                if at < 0:
+                    break
+                continue
+            start = key.end() - 1
+            stop = _numeric_end(body, start)
+            if stop is not None and (best is None or stop - start > best[1] - best[0]):
+                best = (start, stop)
+        if best is None or len(body) - (best[1] - best[0]) > WHOLE_JSON_BYTES:
+            raise _not_plain(len(body))
+        return cls(body, *best)
+
+    def not_plain(self) -> ClientError:
+        return _not_plain(len(self.body))
+
+    def pixels(self, datatype: str, shape: tuple[int, ...]) -> np.ndarray:
+        """The array as (N, 784) float32, with `_pixels_json`'s checks and messages."""
+        owner = f"input '{INPUT_NAME}'"
+        count = shape[0] * PIXELS
+        slices, irregular = self._slices(most_lists=1 + 30 * shape[0]), False
+        # Room for the values the array can hold ("0," per value), not for what shape promises.
+        images = np.empty(min(count, (self.stop - self.start) // 2 + 1), np.float32)
+        filled, kinds, form = 0, set(), None
+        low: float | int | None = None
+        high: float | int | None = None
+        for begin, end in slices:
+            elements = _parse_slice(self.body, begin, end)
+            if not elements and len(slices) > 1:  # `, ,`: each side parsed as `[ ]` alone
+                raise ClientError(
+                    400, f"the body is not valid JSON: a value is missing at byte {begin}"
+                )
+            try:
+                array = np.asarray(elements)
+            except (ValueError, TypeError, OverflowError, RecursionError):
+                irregular = True
+                continue
+            if form is None:
+                form = array.shape[1:]
+            irregular = irregular or array.shape[1:] != form
+            if irregular or array.size == 0:
+                continue
+            kinds.add(array.dtype.kind)
+            if array.dtype.kind not in "iuf":
+                filled += array.size
+                continue
+            as_number = int if array.dtype.kind in "iu" else float
+            least, most = as_number(array.min()), as_number(array.max())
+            low = least if low is None else min(low, least)
+            high = most if high is None else max(high, most)
+            if filled + array.size <= len(images):
+                flat = array.reshape(-1)
+                if array.dtype.kind in "iu" or datatype == "UINT8":
+                    images[filled : filled + array.size] = flat
+                elif least >= 0.0 and most <= 1.0:  # cast later values only once in range
+                    images[filled : filled + array.size] = flat.astype(np.float64)
+            filled += array.size
+        if irregular:
+            raise ClientError(400, f"{owner} {_NOT_REGULAR}")
+        _check_count(filled, shape)
+        kind = "O" if "O" in kinds or kinds - set("iuf") else "f" if "f" in kinds else "i"
+        _check_kind(kind, datatype)
+        assert low is not None and high is not None  # count > 0 values, all numbers
+        if datatype == "UINT8":
+            _check_byte_range(int(low), int(high))
+            images /= 255
+        else:
+            _check_unit_range(np.array([low, high], np.float64))
+        return images.reshape(shape[0], PIXELS)
+
+    def _slices(self, most_lists: int) -> list[tuple[int, int]]:
+        """(begin, end) pieces of the array's inside, cut at commas between its top-level
+        elements, each about SLICE_BYTES."""
+        body, start, stop = self.body, self.start, self.stop
+        positions, opens, found = [], [], 0
+        for offset in range(start, stop, WINDOW_BYTES):
+            window = np.frombuffer(body, np.uint8, min(WINDOW_BYTES, stop - offset), offset)
+            is_open = window == _OPEN
+            where = np.flatnonzero(is_open | (window == _CLOSE))
+            found += len(where)
+            if found > 2 * most_lists:
+                raise ClientError(
+                    413,
+                    f"input '{INPUT_NAME}' \"data\" nests more than {most_lists:,} JSON lists; "
+                    f"a body over {WHOLE_JSON_BYTES:,} bytes may send its images as a flat "
+                    "array or nested by image, row or pixel",
+                )
+            positions.append(where + offset)
+            opens.append(is_open[where])
+        position = np.concatenate(positions)
+        is_open = np.concatenate(opens)
+        depth = np.cumsum(np.where(is_open, 1, -1))  # depth after each bracket
+        closed = np.flatnonzero(depth <= 0)
+        if len(closed) != 1 or closed[0] != len(depth) - 1 or depth[-1] != 0:
+            where = int(position[closed[0]]) if len(closed) else stop
+            raise ClientError(
+                400, f'the body is not valid JSON: the "data" array is malformed at byte {where}'
+            )
+        # Each top-level list element: from its "[" (depth 2 after) to its "]" (depth 1 after).
+        element_starts = position[is_open & (depth == 2)]
+        element_ends = position[~is_open & (depth == 1)]
+        longest = int(np.max(element_ends - element_starts)) if len(element_starts) else 0
+        if longest > MAX_DATA_ELEMENT_BYTES:
+            raise ClientError(
+                413,
+                f"input '{INPUT_NAME}' \"data\" has an element of more than "
+                f"{MAX_DATA_ELEMENT_BYTES:,} bytes; a body over {WHOLE_JSON_BYTES:,} bytes may "
+                "send its images as a flat array or nested by image, row or pixel",
+            )
+        # Top-level gaps (depth 1 between two brackets) are where commas may be cut.
+        gap_at = np.flatnonzero(depth[:-1] == 1)
+        gap_starts, gap_ends = position[gap_at] + 1, position[gap_at + 1]
+        slices, begin = [], start + 1
+        while stop - 1 - begin > SLICE_BYTES:
+            target = begin + SLICE_BYTES
+            gap = int(np.searchsorted(gap_ends, target, side="right"))
+            comma = -1
+            while comma < 0 and gap < len(gap_starts):
+                comma = body.find(b",", max(target, int(gap_starts[gap])), int(gap_ends[gap]))
+                gap += 1
+            if comma < 0:
+                break
+            slices.append((begin, comma))
+            begin = comma + 1
+        slices.append((begin, stop - 1))
+        return slices
+
+
+def _numeric_end(body: bytes, start: int) -> int | None:
+    """Where the array of numbers opening at `start` ends (after its last "]"), or None."""
+    end = len(body)
+    for offset in range(start, len(body), WINDOW_BYTES):
+        window = np.frombuffer(body, np.uint8, min(WINDOW_BYTES, len(body) - offset), offset)
+        bad = np.flatnonzero(~_NUMERIC[window])
+        if len(bad):
+            end = offset + int(bad[0])
+            break
+    if body[end : end + 3] in (b"NaN", b"Inf"):  # json.loads's own words for these
+        name = "NaN" if body[end] == ord("N") else "Infinity"
+        name = f"-{name}" if body[end - 1] == ord("-") else name
+        raise ClientError(400, f"the body is not valid JSON: {name} is not a valid JSON number")
+    last = body.rfind(b"]", start, end)
+    return None if last < 0 else last + 1
+
+
+def _parse_slice(body: bytes, begin: int, end: int) -> list:
+    """Elements `body[begin:end]` (a comma-separated run of the array) as one orjson parse."""
+    piece = b"[" + body[begin:end] + b"]"
+    try:
+        return orjson.loads(piece)
+    except orjson.JSONDecodeError as exc:
+        if exc.msg.startswith("number is infinity"):  # 1e999, 400-digit integers: json.loads
+            with contextlib.suppress(ValueError, RecursionError):  # reads them (inf, int)
+                return json.loads(piece)
+        raise ClientError(
+            400,
+            f"the body is not valid JSON: {exc.msg[:200]} at byte {max(0, begin - 1 + exc.pos)}",
+        ) from None
+
+
+def _not_plain(size: int) -> ClientError:
+    return ClientError(
+        413,
+        f'the body is {size:,} bytes; above {WHOLE_JSON_BYTES:,} bytes its input\'s "data" '
+        "must be one JSON array of numbers (flat or nested) and the rest of the document at most "
+        f"{WHOLE_JSON_BYTES:,} bytes; or send the tensor as binary data "
+        "(Inference-Header-Content-Length)",
+    )
 
 
 def _check_unit_range(values: np.ndarray) -> None:
@@ -706,7 +958,9 @@ def encode_infer_response(
     if request.id is not None:
         document["id"] = request.id
     document["outputs"] = outputs
-    header = json.dumps(document, separators=(",", ":"), allow_nan=False).encode()
+    if not np.isfinite(probabilities).all():  # orjson would write null
+        raise ValueError("probabilities must be finite")
+    header = orjson.dumps(document)  # json.dumps of 100k answers held the GIL for ~1 s
     if not parts:
         return header, {"content-type": "application/json"}
     return b"".join([header, *parts]), {

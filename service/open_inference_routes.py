@@ -12,7 +12,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from service import open_inference as oip
-from service.endpoints import Endpoints, Handler
+from service.endpoints import INLINE_BATCH_IMAGES, INLINE_JSON_BYTES, Endpoints, Handler
 from service.inference import probabilities_of
 from service.openapi import package_version
 from service.request_body import ClientError, json_response, read_body
@@ -38,8 +38,9 @@ class OpenInferenceRoutes:
         )
         self.model_body = json_response(metadata).body
         settings = endpoints.settings
-        # Binary FP32 needs 4 bytes a pixel; the JSON limit covers JSON bodies.
-        self.body_limit = max(settings.max_json_bytes, settings.max_bulk_images * 784 * 4)
+        # Binary FP32 needs 4 bytes a pixel; a body without binary data is JSON, held to the
+        # JSON limit (its JSON header to oip.WHOLE_JSON_BYTES).
+        self.binary_limit = max(settings.max_json_bytes, settings.max_bulk_images * 784 * 4)
 
     def match(self, path: str) -> tuple[str, tuple[str, ...], Handler] | None:
         """(metrics label, methods, handler) for a `/v2` path, or None for no such route."""
@@ -85,16 +86,29 @@ class OpenInferenceRoutes:
         return json_response({"ready": True})  # these routes exist once the model is loaded
 
     async def infer(self, request: Request) -> Response:
-        body = await read_body(request, self.body_limit)
         settings = self.endpoints.settings
-        parsed = oip.parse_infer_request(
-            body, request.headers, settings.max_bulk_images, settings.max_upload_bytes
-        )
+        binary = oip.HEADER_LENGTH in request.headers
+        declared = request.headers.get("content-length", "")
+        if not binary and declared.isdigit() and int(declared) > settings.max_json_bytes:
+            raise ClientError(
+                413,
+                f"request body is {declared} bytes; the limit is {settings.max_json_bytes} for a "
+                f"JSON body and {self.binary_limit} with binary tensor data "
+                f"({oip.HEADER_LENGTH})",
+            )
+        body = await read_body(request, self.binary_limit if binary else settings.max_json_bytes)
+        args = (body, request.headers, settings.max_bulk_images, settings.max_upload_bytes)
+        if len(body) <= INLINE_JSON_BYTES:
+            parsed = oip.parse_infer_request(*args)
+        else:  # megabytes: JSON parsed in slices, binary pixels converted, off the event loop
+            parsed = await self.endpoints.in_thread(oip.parse_infer_request, *args)
         images = parsed.images if parsed.images is not None else await self.decode(parsed)
         probabilities = probabilities_of(await self.endpoints.outputs(images))
-        payload, headers = oip.encode_infer_response(
-            parsed, oip.MODEL_NAME, self.version, probabilities
-        )
+        answer = (parsed, oip.MODEL_NAME, self.version, probabilities)
+        if parsed.batch_size <= INLINE_BATCH_IMAGES:
+            payload, headers = oip.encode_infer_response(*answer)
+        else:  # thousands of answers: JSON outputs take long to build
+            payload, headers = await self.endpoints.in_thread(oip.encode_infer_response, *answer)
         return Response(payload, headers=headers)
 
     async def decode(self, parsed: oip.InferRequest) -> np.ndarray:

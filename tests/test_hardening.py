@@ -117,6 +117,28 @@ def test_a_maximal_json_body_does_not_stall_the_event_loop(guarded_server, tmp_p
     assert len(delays) > 5 and max(delays) < 100, delays
 
 
+def test_a_maximal_open_inference_json_body_does_not_stall_the_event_loop(guarded_server, tmp_path):
+    """4096 images of 18-digit floats as one flat FP32 "data" array, ~61 MiB (the JSON limit is
+    64 MiB): it was one json.loads on the event loop, seconds of /livez."""
+    image = [0.1234567890123456] * 392 + [0.9876543210987654] * 392
+    tensor = {"name": "images", "datatype": "FP32", "shape": [4096, 784], "data": image * 4096}
+    body = tmp_path / "maximal-infer.json"
+    body.write_bytes(json.dumps({"inputs": [tensor]}).encode())
+    url = f"{guarded_server.url}/v2/models/mnist/infer"
+    attack = subprocess.Popen(
+        [sys.executable, "-c", POST_JSON_FILE, url, str(body)], stdout=subprocess.PIPE, text=True
+    )
+    delays = []
+    with httpx.Client() as client:
+        while attack.poll() is None:
+            started = time.perf_counter()
+            assert client.get(f"{guarded_server.url}/livez", timeout=5).status_code == 200
+            delays.append((time.perf_counter() - started) * 1000)
+            time.sleep(0.02)
+    assert attack.communicate()[0].split() == ["200", "3"]  # model_name, model_version, outputs
+    assert len(delays) > 5 and max(delays) < 100, delays
+
+
 def test_json_bodies_over_their_limits_get_413_naming_the_limit(guarded_server):
     with socket.create_connection(("127.0.0.1", port_of(guarded_server))) as s:
         s.sendall(
