@@ -1,13 +1,18 @@
-"""The robust recipe's batch augmentation and made-up outliers: shapes, ranges, determinism."""
+"""The robust recipe's batch augmentation, made-up outliers and rendered glyphs."""
 
 from __future__ import annotations
 
 from dataclasses import replace
 
+import numpy as np
+import pytest
 import torch
+from PIL import Image, ImageDraw, ImageFont
 
+from service.preprocess import to_mnist_array
 from training.augment import Augmentation, augment
-from training.outliers import KINDS, outliers
+from training.glyphs import DIGIT_LIKE, GLYPHS, glyph_bank, to_model_input, typed_digit_bank
+from training.outliers import GLYPH_SHARE, KINDS, outliers
 
 # Every transform at its identity; tests switch single ones back on with `replace`.
 NO_CHANGE = Augmentation(
@@ -90,3 +95,69 @@ def test_outliers_look_like_preprocessed_uploads():
     ).flatten(1)
     boxed = border.amax(dim=1) < 1e-6
     assert 0.85 < boxed.float().mean() < 0.97  # about 1/12 are full-frame noise
+
+
+def test_glyph_bank_shapes_range_and_determinism():
+    images, strings = glyph_bank.__wrapped__(300, seed=0)  # rendered afresh, not the cache
+    again, same_strings = glyph_bank.__wrapped__(300, seed=0)
+    other, _ = glyph_bank.__wrapped__(300, seed=1)
+    assert images.shape == (300, 784) and images.dtype == torch.float32
+    assert images.min() >= 0 and images.max() <= 1
+    assert (images.amax(dim=1) > 0.5).all(), "every glyph carries ink"
+    assert torch.equal(images, again) and strings == same_strings
+    assert not torch.equal(images, other)
+    assert glyph_bank(300, 0)[0] is glyph_bank(300, 0)[0]  # rendered once per process
+    assert 0.05 < np.mean([len(s) > 1 for s in strings]) < 0.3  # a few short strings
+
+
+def test_glyph_bank_leaves_out_glyphs_that_pass_for_digits():
+    _, strings = glyph_bank(3000, 0)
+    shown = set("".join(strings))
+    assert shown == set(GLYPHS), "every kept glyph is in the bank, and nothing else"
+    assert not shown & DIGIT_LIKE
+    assert not shown & set("0123456789")
+    for lookalike in "OoDQIlijSsZzBgqbGTty|/()":
+        assert lookalike in DIGIT_LIKE, lookalike
+    assert set("kHR&@?") <= shown  # the glyphs the flag used to miss
+
+
+def _centre(image: np.ndarray) -> np.ndarray:
+    rows, cols = np.indices(image.shape)
+    return np.array([(rows * image).sum(), (cols * image).sum()]) / image.sum()
+
+
+@pytest.mark.parametrize("glyph", ["k", "H", "&", "@", "?", "wx"])
+def test_glyphs_are_normalised_as_the_service_preprocesses_an_upload(glyph):
+    canvas = Image.new("L", (240, 160), 0)
+    ImageDraw.Draw(canvas).text((30, 30), glyph, fill=255, font=ImageFont.load_default(64))
+    ours, service = to_model_input(canvas), to_mnist_array(canvas)
+    assert ours.shape == (28, 28) and ours.dtype == np.float32
+    # The same 20 px box, centre and ink; the service drops faint edge pixels first, which can
+    # make its box a pixel narrower and move the glyph by up to a pixel.
+    assert np.abs(_centre(ours) - (14, 14)).max() < 1 and np.abs(_centre(service) - 14).max() < 1
+    assert max((ours > 0).any(axis=1).sum(), (ours > 0).any(axis=0).sum()) == 20
+    assert abs(ours.sum() / service.sum() - 1) < 0.06
+    assert np.abs(ours - service).mean() < 0.1
+
+
+def test_typed_digits_are_labelled_and_look_like_preprocessed_digits():
+    images, labels = typed_digit_bank.__wrapped__(50, seed=0)
+    assert images.shape == (50, 784) and labels.tolist() == [i % 10 for i in range(50)]
+    assert images.min() >= 0 and images.max() <= 1
+    rows = images.reshape(50, 28, 28).amax(dim=2) > 0
+    assert (rows.sum(dim=1) >= 19).all()  # the longer side of a typed digit is its height: 20 px
+
+
+def test_outliers_with_a_glyph_bank_start_with_warped_glyphs():
+    bank, _ = glyph_bank(3000, 0)
+    source = digits(64)
+    made = outliers(source, torch.Generator().manual_seed(5), bank)
+    again = outliers(source, torch.Generator().manual_seed(5), bank)
+    assert made.shape == source.shape and made.min() >= 0 and made.max() <= 1
+    assert torch.equal(made, again)
+    typed = round(64 * GLYPH_SHARE)
+    # the glyphs are warped (augment), not copied: none equals a bank image exactly
+    distance = torch.cdist(made[:typed], bank).amin(dim=1)
+    assert (distance > 1e-3).float().mean() > 0.8
+    without = outliers(source, torch.Generator().manual_seed(5))
+    assert not torch.equal(made, without)

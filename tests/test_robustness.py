@@ -6,7 +6,16 @@ import numpy as np
 import pytest
 import torch
 
-from training.pipeline.gate import Baseline, gate
+from training.pipeline.gate import (
+    DIGITS_FLAGGED,
+    FLOOR,
+    NOT_DIGITS_FLAGGED,
+    REGRESSION,
+    ROBUSTNESS,
+    Baseline,
+    gate,
+)
+from training.pipeline.report import jsonable, refusals
 from training.pipeline.robustness import (
     DIGIT_CATEGORIES,
     NOT_DIGITS,
@@ -110,3 +119,41 @@ def test_robustness_tolerance_is_adjustable():
     loss = {"photo": (0.65, 0.7)}
     assert not gate(0.985, BASELINE, robustness=loss).passed
     assert gate(0.985, BASELINE, robustness=loss, robustness_tolerance=6).passed
+
+
+def test_gate_refuses_a_not_a_digit_category_flagged_less_often_and_names_the_rule():
+    flags = {"noise": (1.0, 1.0), "text": (0.95, 0.975), "blank-ish": (0.97, None)}
+    decision = gate(0.985, BASELINE, flag_rates=flags)
+    assert not decision.passed
+    assert decision.rules == (NOT_DIGITS_FLAGGED,)
+    (reason,) = decision.reasons
+    assert "'text'" in reason and "95.00 % flagged" in reason and "2.50 points below" in reason
+    # exactly the tolerance passes; a candidate without a flag is not compared
+    assert gate(0.985, BASELINE, flag_rates={"text": (0.965, 0.975)}).passed
+    assert gate(0.985, BASELINE, flag_rates={"text": (None, 0.975)}).passed
+
+
+def test_gate_refuses_more_test_digits_flagged_than_the_tolerance_above_the_promoted_model():
+    decision = gate(0.985, BASELINE, test_flagged=(0.0290, 0.0174))
+    assert not decision.passed and decision.rules == (DIGITS_FLAGGED,)
+    assert "2.90 %" in decision.reasons[0] and "1.16 points above" in decision.reasons[0]
+    assert gate(0.985, BASELINE, test_flagged=(0.0274, 0.0174)).passed  # exactly 1 point
+    assert gate(0.985, BASELINE, test_flagged=(0.0100, 0.0174)).passed  # fewer is fine
+    assert gate(0.985, BASELINE, test_flagged=(0.05, None)).passed  # promoted model: no flag
+    assert gate(0.985, BASELINE, test_flagged=(0.03, 0.0174), robustness_tolerance=2).passed
+
+
+def test_every_reason_comes_with_its_rule_and_the_report_names_it():
+    decision = gate(
+        0.97,
+        BASELINE,
+        robustness={"rotated": (0.80, 0.93)},
+        flag_rates={"noise": (0.5, 1.0)},
+        test_flagged=(0.05, 0.01),
+    )
+    assert decision.rules == (FLOOR, REGRESSION, ROBUSTNESS, NOT_DIGITS_FLAGGED, DIGITS_FLAGGED)
+    lines = refusals(jsonable(decision.as_dict()))
+    assert len(lines) == 5
+    assert lines[0].startswith("the floor rule: candidate test accuracy 97.00 %")
+    assert lines[3].startswith("the not-a-digit flag rate rule: not-a-digit category 'noise'")
+    assert lines[4].startswith("the test digits flagged rule: 5.00 % of the MNIST test digits")

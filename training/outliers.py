@@ -6,7 +6,8 @@ answer on non-digits towards the uniform distribution, so low confidence and a h
 score then mean "not a digit I know". The outliers are made here, in torch, as the service's
 preprocessing would hand them to the model (ink cropped, scaled to 20 px, centred in 28x28):
 noise squares, blobs and bars (a speck or a tick blown up), digit fragments, rows of
-squeezed digits (text-like), and scribbles of straight strokes (letter-like).
+squeezed digits (text-like), scribbles of straight strokes (letter-like) and, given a bank of
+rendered letters and symbols (`training.glyphs`), typed glyphs warped like the digits are.
 None of them comes from the robustness suite.
 """
 
@@ -18,17 +19,34 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
+from training.augment import Augmentation, augment
+
 SIDE, BOX = 28, 20
-KINDS = 6
+KINDS = 6  # made-up kinds; glyphs from a bank come on top, GLYPH_SHARE of the outliers
+GLYPH_SHARE = 0.25
 Rand = Callable[..., Tensor]  # shape -> uniform [0, 1) tensor from the run's generator
 
 
-def outliers(digits: Tensor, generator: torch.Generator) -> Tensor:
+def outliers(digits: Tensor, generator: torch.Generator, glyphs: Tensor | None = None) -> Tensor:
     """(N, 784) non-digits in [0, 1], made from (and as many as) the given (N, 784) digits.
 
-    Each kind makes an equal share (N // KINDS, the first kinds one more for the remainder):
+    With a `glyphs` bank ((M, 784) on the digits' device), round(N * GLYPH_SHARE) of them are
+    glyphs drawn from it and augmented like digits (`training.augment`), first. The rest is
+    split equally over the KINDS made-up kinds (the first kinds one more for the remainder):
     making only what is used keeps this at a few ms per training step.
     """
+    n, device = digits.shape[0], digits.device
+    typed = round(n * GLYPH_SHARE) if glyphs is not None and len(glyphs) else 0
+    made = _made_up(digits[typed:], generator) if typed < n else digits[:0]
+    if not typed:
+        return made
+    assert glyphs is not None
+    index = torch.randint(len(glyphs), (typed,), generator=generator, device=device)
+    warped = augment(glyphs.index_select(0, index), generator, Augmentation())
+    return torch.cat([warped, made])
+
+
+def _made_up(digits: Tensor, generator: torch.Generator) -> Tensor:
     n, device = digits.shape[0], digits.device
 
     def rand(*shape: int) -> Tensor:

@@ -21,6 +21,7 @@ from tqdm import tqdm
 from training.augment import Augmentation, augment
 from training.calibration import calibrate, calibration_report
 from training.checkpoint import Checkpoint, creation_time, git_commit, save_checkpoint
+from training.glyphs import BANK_SIZE, glyph_bank, typed_digit_bank
 from training.model import MLP
 from training.outliers import outliers
 
@@ -45,6 +46,8 @@ class TrainConfig:
     schedule: str = "constant"
     holdout: int = 0  # the last N training images are kept out of training, for calibration
     outlier_exposure: float = 0.0  # weight of the uniform-answer loss on made-up non-digits
+    glyph_outliers: int = 0  # rendered letters and symbols in the outlier bank (0: none)
+    typed_digits: int = 0  # digits rendered like the glyphs, added to each augmented batch
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -61,6 +64,8 @@ RECIPES = {
         schedule="one-cycle",
         holdout=5000,
         outlier_exposure=0.5,
+        glyph_outliers=BANK_SIZE,
+        typed_digits=16,
     ),
 }
 
@@ -148,6 +153,12 @@ def train(
     x_test, y_test = (t.to(device) for t in test_data)
     augmentation = Augmentation()
     augmenting = torch.Generator(device=device).manual_seed(config.seed + 1)
+    glyphs = None
+    if config.outlier_exposure and config.glyph_outliers:
+        glyphs = glyph_bank(config.glyph_outliers, config.seed)[0].to(device)
+    typed = None
+    if config.typed_digits:
+        typed = [t.to(device) for t in typed_digit_bank(BANK_SIZE, config.seed)]
 
     model = MLP(xdim=x_train.shape[1], hdim=config.hidden, ydim=10).to(device)
     # fused: one kernel updates all parameters instead of ~10 ops per tensor (15-20 % per epoch)
@@ -171,12 +182,18 @@ def train(
             index = order[start : start + config.batch_size]
             # index_select copies whole rows, twice as fast as the generic gather of x_train[index]
             x, y = x_train.index_select(0, index), y_train.index_select(0, index)
+            if typed is not None:
+                pick = torch.randint(
+                    len(typed[0]), (config.typed_digits,), generator=augmenting, device=device
+                )
+                x = torch.cat([x, typed[0].index_select(0, pick)])
+                y = torch.cat([y, typed[1].index_select(0, pick)])
             if config.augment:
                 x = augment(x, augmenting, augmentation)
             logits = model(x)
             loss = criterion(logits, y)
             if config.outlier_exposure:
-                odd = model(outliers(x[: len(x) // 4], augmenting))
+                odd = model(outliers(x[: len(x) // 4], augmenting, glyphs))
                 # cross-entropy against the uniform answer: "none of the ten"
                 loss = loss - config.outlier_exposure * odd.log_softmax(dim=1).mean()
             optimizer.zero_grad(set_to_none=True)
@@ -185,7 +202,8 @@ def train(
             if schedule is not None:
                 schedule.step()
             total_loss += loss.detach() * len(index)
-            correct += (logits.detach().argmax(dim=1) == y).sum()
+            mnist = slice(0, len(index))  # the training images, not the typed digits
+            correct += (logits[mnist].detach().argmax(dim=1) == y[mnist]).sum()
         stats = EpochStats(
             epoch=epoch,
             loss=total_loss.item() / n,

@@ -25,7 +25,7 @@ from typing import TypeVar
 import torch
 
 from training.calibration import calibration_report
-from training.checkpoint import CheckpointError, creation_time
+from training.checkpoint import Checkpoint, CheckpointError, creation_time
 from training.cli import config_from_args
 from training.data import DataError, ensure_mnist, file_hexdigest, load_split, write_atomically
 from training.errors import first_line
@@ -127,6 +127,7 @@ class Build:
         self.bento: BentoResult | None = None
         self.deployment: DeployResult | None = None
         self.promotion: dict[str, object] | None = None  # its entry in the promotion history
+        self.baseline_test_flagged: float | None = None  # the promoted model's, on MNIST test
         self.errors: list[str] = []  # failures after the promotion
         self.status = "running"
         self.exit_code = EXIT_OK
@@ -217,6 +218,7 @@ class Build:
                 baseline = None
             self.baseline_robustness = self.score_baseline(baseline)
             theirs = {s.name: s.accuracy for s in self.baseline_robustness}
+            their_flags = {s.name: s.flagged for s in self.baseline_robustness}
             self.decision = gate(
                 self.accuracy,
                 baseline,
@@ -229,15 +231,28 @@ class Build:
                     if s.accuracy is not None
                 },
                 robustness_tolerance=self.args.robustness_tolerance,
+                flag_rates={
+                    s.name: (s.flagged, their_flags.get(s.name))
+                    for s in self.robustness
+                    if not s.digits
+                },
+                test_flagged=(self.calibration.get("flagged"), self.baseline_test_flagged),
             )
             step.note = self.decision.summary()
 
     def score_baseline(self, baseline: Baseline | None) -> list[CategoryScore]:
-        """The promoted model on the same suite, so the gate compares like with like."""
+        """The promoted model on the same suite and its flag on the same MNIST test digits, so
+        the gate compares like with like (`baseline_test_flagged`: None without a flag)."""
+        self.baseline_test_flagged = None
         if baseline is None or baseline.checkpoint is None:
             return []
         try:
-            return score_suite(Path(baseline.checkpoint), self.suite)
+            scores = score_suite(Path(baseline.checkpoint), self.suite)
+            promoted = Checkpoint.load(Path(baseline.checkpoint))
+            if promoted.calibration is not None:
+                flags = calibration_report(promoted.model, promoted.calibration, *self.test_data)
+                self.baseline_test_flagged = flags["flagged"]
+            return scores
         except CheckpointError as exc:
             if not self.args.force:
                 raise BuildError(

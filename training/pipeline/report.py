@@ -202,6 +202,15 @@ def jsonable(value: Any) -> Any:
     return value
 
 
+def refusals(gate: Mapping[str, Any]) -> list[str]:
+    """Each reason the gate refused, after the rule that refused it: "the floor rule: ..."."""
+    rules = gate.get("rules") or [None] * len(gate["reasons"])
+    return [
+        f"the {rule} rule: {reason}" if rule else reason
+        for rule, reason in zip(rules, gate["reasons"], strict=True)
+    ]
+
+
 def _percent(value: float | None) -> str:
     return "n/a" if value is None else f"{100 * value:.2f} %"
 
@@ -221,7 +230,7 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     if gate.get("forced"):
         lines += [
             f"> **FORCED**: the gate refused this candidate and `--force` promoted it: "
-            f"{'; '.join(gate['reasons'])}.",
+            f"{'; '.join(refusals(gate))}.",
             "",
         ]
     for error in report.get("errors") or []:
@@ -255,9 +264,12 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         f"- floor (`--min-accuracy`): {gate['min_accuracy']:.2f} %",
         f"- tolerance against the promoted model (`--tolerance`): {gate['tolerance']:g} "
         "percentage points",
+        f"- robustness (`--robustness-tolerance`): at most {gate['robustness_tolerance']:g} "
+        "points worse than the promoted model in each digit category's accuracy, each "
+        "not-a-digit category's flagged share and the share of MNIST test digits flagged",
         f"- decision: **{gate['decision']}**" + (" (forced)" if gate.get("forced") else ""),
     ]
-    lines += [f"- refused because {reason}" for reason in gate["reasons"]]
+    lines += [f"- refused by {refusal}" for refusal in refusals(gate)]
     lines += ["", "## Training", "", "![training curves](training_curves.png)", ""]
     lines += [_row("epoch", "loss", "train acc", "test acc", "seconds")]
     lines += [_row("---:", "---:", "---:", "---:", "---:")]
