@@ -18,11 +18,15 @@ setup: $(STAMP)
 # when set (e.g. https://download.pytorch.org/whl/cpu), else a local torch-*+cpu wheel in pip's
 # find-links, else torch from PyPI (the CUDA build on Linux). README "Setup" has the costs.
 TORCH_INDEX_URL ?=
+# The browser test's driver, without its trio (pyproject.toml's dev extra says why).
+SELENIUM := 'selenium>=4.20,<5'
 
 $(STAMP): pyproject.toml scripts/torch_source.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python scripts/torch_source.py --install --quiet $(if $(TORCH_INDEX_URL),--index-url '$(TORCH_INDEX_URL)')
 	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[train,dev]'
+	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps $(SELENIUM)
+	$(BIN)/pip uninstall --quiet --yes trio trio-websocket 2>/dev/null || true  # older set-ups
 	rm -f $(VENV)/.installed-* && touch $@
 
 model: setup  ## train (the robust recipe) and register a model unless the store has one

@@ -14,19 +14,13 @@ import os
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import bentoml
 import prometheus_client
 from starlette.responses import Response
 
-from service import draining, fair_accept, http_protocol, supervisor
-from service.endpoints import Endpoints, Handler
-from service.front_door import front_door
-from service.inference import Classifier, ModelSource
-from service.openapi import openapi_document
-from service.request_body import ClientError, RejectPickleMiddleware
-from service.routing_errors import JsonRoutingErrorsMiddleware
+from service import draining, fair_accept, supervisor
 from service.schemas import (
     ArrayBatch,
     BulkBody,
@@ -43,6 +37,14 @@ from service.settings import load_settings
 from service.ui import ui_app
 from training import CheckpointError
 from training.registry import CHECKPOINT_FILE, MODEL_NAME, serving_tag
+
+if TYPE_CHECKING:
+    from service.endpoints import Endpoints, Handler
+    from service.inference import ModelSource
+
+# What answers requests (service.endpoints, .front_door, .inference: numpy, PIL, torch) is
+# imported where it is used, in the workers: `bentoml serve`'s own process imports this module
+# only to read the service's configuration, and its imports delay the workers' start.
 
 logger = logging.getLogger("service")
 logger.setLevel(logging.INFO)  # BentoML leaves third-party loggers at WARNING
@@ -79,13 +81,21 @@ def share_connection_board() -> None:
         os.environ[fair_accept.BOARD_ENV] = name
 
 
-def model_source(stored_model: Any) -> ModelSource:
+def checkpoint_path(stored_model: Any) -> Path:
     """Where the checkpoint is: the store entry's file, else MODEL_PATH."""
     if stored_model is None:
         assert settings.model_path is not None  # resolve_tag_or_exit chose the file
-        return ModelSource(settings.model_path, settings.model_tag)
-    path = stored_model.path_of(CHECKPOINT_FILE)
-    return ModelSource(path, str(stored_model.tag), from_store=True)
+        return settings.model_path
+    return Path(stored_model.path_of(CHECKPOINT_FILE))
+
+
+def model_source(stored_model: Any) -> ModelSource:
+    """The checkpoint and the store tag it is served as (MNIST_MODEL_TAG for a plain file)."""
+    from service.inference import ModelSource
+
+    if stored_model is None:
+        return ModelSource(checkpoint_path(None), settings.model_tag)
+    return ModelSource(checkpoint_path(stored_model), str(stored_model.tag), from_store=True)
 
 
 def resolve_tag_or_exit() -> str | None:
@@ -98,12 +108,14 @@ def resolve_tag_or_exit() -> str | None:
     """
     try:
         tag = None if settings.model_path else os.environ.get(TAG_ENV) or serving_tag()
-        source = model_source(bentoml.models.get(tag) if tag else None)
+        stored_model = bentoml.models.get(tag) if tag else None
         if supervisor.is_supervisor(sys.argv):
-            supervisor.check_readable(source.path)
+            supervisor.check_readable(checkpoint_path(stored_model))
             supervisor.watch_for_fatal_errors()
         elif worker_slot() is None:  # workers load it in __init__ anyway
-            Classifier(source)
+            from service.inference import Classifier
+
+            Classifier(model_source(stored_model))
     except OSError as exc:
         raise SystemExit(
             f"error: cannot serve: cannot read checkpoint {exc.filename}: {exc.strerror}"
@@ -123,6 +135,8 @@ def resolve_tag_or_exit() -> str | None:
 SERVING_TAG = resolve_tag_or_exit()
 share_connection_board()
 if (SLOT := worker_slot()) is not None:
+    from service import http_protocol
+
     fair_accept.install(SLOT, WORKERS)
     http_protocol.install(settings.header_timeout_s)
 ACTIVE: dict[str, Endpoints] = {}  # this worker's endpoints, once the model is loaded
@@ -152,6 +166,9 @@ class MNISTClassifier:
     def __init__(self) -> None:
         import torch
 
+        from service.endpoints import Endpoints
+        from service.inference import Classifier
+
         torch.set_num_threads(settings.torch_threads)
         stored = self.stored_model if SERVING_TAG is not None else None
         try:
@@ -162,10 +179,13 @@ class MNISTClassifier:
         self.endpoints = Endpoints(classifier, settings, on_batch=batch_size_histogram.observe)
         ACTIVE["endpoints"] = self.endpoints
         draining.install(settings.drain_s)  # SIGTERM: not ready first, then shut down
-        # The ~250k objects of torch, BentoML and the model live as long as the worker; a full
-        # collection walks them all (~110 ms here), which showed up as p99 latency spikes.
-        gc.collect()
+        # The ~320k objects of torch, BentoML and the model live as long as the worker; a full
+        # collection walks them all (~110 ms here), which showed up as p99 latency spikes, so
+        # they are frozen out of it. With the collector paused since service/__init__, no
+        # collection runs first: it would find ~6.5k unreachable objects (no measurable RSS) in
+        # 150-200 ms of the start (docs/benchmarks.md).
         gc.freeze()
+        gc.enable()
         logger.info(
             "serving %s (sha256 %s)",
             classifier.source.tag or classifier.source.path,
@@ -176,6 +196,8 @@ class MNISTClassifier:
         return hasattr(self, "endpoints") and not draining.DRAINING.is_set()
 
     async def _answer(self, ctx: bentoml.Context, handler: Handler) -> Response:
+        from service.request_body import ClientError
+
         try:
             return await handler(ctx.request)
         except ClientError as exc:
@@ -213,8 +235,6 @@ class MNISTClassifier:
 
 
 SERVICE: Any = MNISTClassifier  # a bentoml Service object, which mypy takes for the class
-SERVICE.add_asgi_middleware(RejectPickleMiddleware)
-SERVICE.add_asgi_middleware(JsonRoutingErrorsMiddleware)
 _BentoService: Any = type(SERVICE)
 
 
@@ -224,6 +244,14 @@ class _FrontDoorService(_BentoService):
     __slots__ = ()
 
     def to_asgi(self, is_main: bool = True):
+        from service.front_door import front_door
+        from service.openapi import openapi_document
+        from service.request_body import RejectPickleMiddleware
+        from service.routing_errors import JsonRoutingErrorsMiddleware
+
+        if not any(cls is RejectPickleMiddleware for cls, _ in self.middlewares):
+            self.add_asgi_middleware(RejectPickleMiddleware)
+            self.add_asgi_middleware(JsonRoutingErrorsMiddleware)
         return front_door(
             super().to_asgi(is_main),
             lambda: ACTIVE.get("endpoints"),
@@ -237,3 +265,5 @@ class _FrontDoorService(_BentoService):
 
 
 SERVICE.__class__ = _FrontDoorService
+if SLOT is None:
+    gc.enable()  # paused since service/__init__ in `bentoml serve`'s own process

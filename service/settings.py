@@ -18,8 +18,9 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from service.preprocess import MAX_IMAGE_PIXELS
-
+# service.decode_policy.MAX_IMAGE_PIXELS, written out: importing it would bring PIL into
+# `bentoml serve`'s supervisor, which never decodes (tests/test_settings.py checks they agree).
+MAX_IMAGE_PIXELS = 40_000_000
 MODEL_TAG = re.compile(r"[a-z0-9][a-z0-9._-]*:[A-Za-z0-9][A-Za-z0-9._-]*")
 
 

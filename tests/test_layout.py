@@ -57,6 +57,24 @@ def test_the_service_does_not_import_the_pipeline(tmp_path):
     assert pipeline_modules(modules) == []
 
 
+def test_the_supervisor_imports_neither_torch_numpy_nor_pil(tmp_path):
+    """`bentoml serve`'s own process imports the service only for its configuration: what the
+    workers need (torch, numpy, PIL, the endpoints) would delay their start (docs/benchmarks.md,
+    cold start), and its collector is back on once the module is loaded."""
+    model = tmp_path / "model.pt"
+    save_checkpoint(model, MLP(), config={}, metrics={"history": []}, data_md5={})
+    code = (
+        "import sys; sys.argv = ['/venv/bin/bentoml', 'serve']\n"
+        f"import {BENTOML_SERVICE.split(':')[0]}, gc\n"
+        "assert gc.isenabled()"
+    )
+    modules = modules_after(code, MODEL_PATH=str(model), BENTOML_HOME=str(tmp_path / "bentoml"))
+    assert "service.service" in modules and "service.settings" in modules
+    heavy = {"torch", "numpy", "PIL", "service.endpoints", "service.inference"}
+    heavy.add("trio")  # selenium's; httpcore imports it when installed (Makefile SELENIUM)
+    assert heavy & set(modules) == set()
+
+
 def test_the_client_imports_neither_torch_nor_the_service():
     """`mnist_client` must stay light to install and quick to start: httpx and the stdlib."""
     modules = set(modules_after("import mnist_client, mnist_client.cli"))

@@ -61,3 +61,11 @@ def test_an_empty_model_tag_is_none_as_the_docker_image_sets_it(monkeypatch):
     assert load_settings().model_tag is None
     monkeypatch.setenv("MNIST_MODEL_TAG", "mnist-mlp:k2bpv6qz4wm5ccdq")
     assert load_settings().model_tag == "mnist-mlp:k2bpv6qz4wm5ccdq"
+
+
+def test_the_pixel_limit_default_is_the_decoders_own():
+    """settings writes the decoder's limit out (to keep PIL out of the supervisor): they agree."""
+    from service.decode_policy import MAX_IMAGE_PIXELS
+    from service.settings import ServiceSettings
+
+    assert ServiceSettings().max_image_pixels == MAX_IMAGE_PIXELS
