@@ -20,7 +20,13 @@ from starlette.responses import Response
 from service.batcher import MicroBatcher
 from service.budget import Budget
 from service.decode_policy import ImageHeader, open_image
-from service.inference import Classifier, prediction, probabilities_of, uncertain_of
+from service.inference import (
+    UNCERTAIN,
+    Classifier,
+    prediction,
+    probabilities_of,
+    uncertain_of,
+)
 from service.json_batch import images_from_json
 from service.preprocess import (
     NoDigitFoundError,
@@ -30,8 +36,9 @@ from service.preprocess import (
 )
 from service.request_body import (
     ClientError,
+    bulk_pixels,
+    bulk_to_float,
     json_response,
-    parse_bulk,
     read_body,
     read_files,
     require_media_type,
@@ -44,7 +51,7 @@ from service.settings import ServiceSettings
 # declare a 40 M-pixel canvas. 100k work pixels is at most ~3 ms on the loop.
 INLINE_WORK_PIXELS = 100_000
 INLINE_JSON_BYTES = 256 * 1024
-INLINE_BULK_BYTES = 784 * 4096
+BULK_CHUNK_IMAGES = 8192  # /predict_bulk converts and predicts this many at a time (25 MB)
 INLINE_BATCH_IMAGES = 256
 HEAVY_WORK_THREADS = 2  # concurrent big decodes / big forward passes per worker (memory bound)
 MAX_WAITING_HEAVY_WORK = 16  # more queued than this: 503, rather than a queue without bound
@@ -140,11 +147,23 @@ class Endpoints:
         """Raw N x 784 uint8 bytes (application/octet-stream) -> parallel digit/confidence lists."""
         require_media_type(request, "application/octet-stream")
         body = await read_body(request, self.settings.max_bulk_images * 784)
-        if len(body) <= INLINE_BULK_BYTES:
-            images = parse_bulk(body, self.settings.max_bulk_images)
-        else:  # 78 MB to float32 takes a while: not on the event loop
-            images = await self.in_thread(parse_bulk, body, self.settings.max_bulk_images)
-        outputs = await self.outputs(images)
+        pixels = bulk_pixels(body, self.settings.max_bulk_images)
+        if len(pixels) <= INLINE_BATCH_IMAGES:
+            return self.bulk_answer(self.classifier.outputs(bulk_to_float(pixels)))
+        # 100,000 images: converted and predicted a chunk at a time (a float32 copy of all of
+        # them is 313 MB), and the answer's three long lists built, all off the event loop
+        return await self.in_thread(lambda: self.bulk_answer(self.bulk_outputs(pixels)))
+
+    def bulk_outputs(self, pixels: np.ndarray) -> np.ndarray:
+        """`Classifier.outputs` of (N, 784) uint8 pixels, BULK_CHUNK_IMAGES at a time."""
+        outputs = np.empty((len(pixels), UNCERTAIN + 1), np.float32)
+        for start in range(0, len(pixels), BULK_CHUNK_IMAGES):
+            chunk = bulk_to_float(pixels[start : start + BULK_CHUNK_IMAGES])
+            outputs[start : start + len(chunk)] = self.classifier.outputs(chunk)
+        return outputs
+
+    @staticmethod
+    def bulk_answer(outputs: np.ndarray) -> Response:
         probabilities = probabilities_of(outputs)
         digits = probabilities.argmax(axis=1)
         confidences = probabilities[np.arange(len(digits)), digits]

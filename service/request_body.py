@@ -9,6 +9,7 @@ import asyncio
 import logging
 from typing import Any
 
+import anyio
 import numpy as np
 import orjson
 from starlette.requests import ClientDisconnect, Request
@@ -107,7 +108,13 @@ async def read_body(request: Request, limit: int) -> bytes:
         raise ClientError(499, "client disconnected before sending the whole body") from None
     except TimeoutError:
         raise ClientError(408, f"the request body was not complete within {timeout:g} s") from None
-    return b"".join(chunks)
+    if size <= JOIN_INLINE_BYTES:
+        return b"".join(chunks)
+    # Joining 78 MB took the event loop ~50 ms (more under load); join releases the GIL.
+    return await anyio.to_thread.run_sync(b"".join, chunks)
+
+
+JOIN_INLINE_BYTES = 1 << 20  # bodies larger than this are joined in a thread
 
 
 async def read_files(request: Request, field: str, limit: int, max_files: int) -> list[bytes]:
@@ -132,6 +139,18 @@ async def read_files(request: Request, field: str, limit: int, max_files: int) -
 
 def parse_bulk(body: bytes, max_images: int) -> np.ndarray:
     """N x 784 uint8 bytes -> (N, 784) float32 in [0, 1]."""
+    return bulk_to_float(bulk_pixels(body, max_images))
+
+
+def bulk_to_float(pixels: np.ndarray) -> np.ndarray:
+    """(N, 784) uint8 -> float32 in [0, 1], exactly as `parse_bulk` converts them."""
+    images = pixels.astype(np.float32)
+    images /= 255
+    return images
+
+
+def bulk_pixels(body: bytes, max_images: int) -> np.ndarray:
+    """N x 784 uint8 bytes -> a read-only (N, 784) uint8 view of them, checked."""
     if not body:
         raise ClientError(422, "empty body; send N x 784 uint8 pixel bytes")
     if len(body) % 784:
@@ -141,7 +160,7 @@ def parse_bulk(body: bytes, max_images: int) -> np.ndarray:
     count = len(body) // 784
     if count > max_images:
         raise ClientError(413, f"{count} images in one request; the limit is {max_images}")
-    return np.frombuffer(body, dtype=np.uint8).reshape(count, 784).astype(np.float32) / 255
+    return np.frombuffer(body, dtype=np.uint8).reshape(count, 784)
 
 
 class RejectPickleMiddleware:

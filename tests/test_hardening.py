@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import httpx
+import numpy as np
 import psutil
 import pytest
 from PIL import Image
@@ -225,6 +226,42 @@ def test_concurrent_large_bodies_are_bounded_by_the_body_budget(guarded_server):
     assert all(a.headers.get("retry-after") for a in answers if a.status_code == 503)
     # 100 MB of bodies held at once, each turned into a float32 copy (4x) and probabilities.
     assert max(peak) - rss_before < 1500, (rss_before, max(peak))
+
+
+def test_a_maximal_bulk_body_is_predicted_in_chunks(guarded_server):
+    """100,000 images (78 MB, the most one body may hold): once a float32 copy of all of them
+    (313 MB) plus the body twice over while its chunks were joined on the event loop. Now the
+    pixels go through the model 8,192 at a time, and /livez keeps answering meanwhile."""
+    count = 100_000
+    image = np.zeros((28, 28), np.uint8)
+    image[4:24, 12:16] = 255  # a 1, so that no image is blank
+    body = np.broadcast_to(image.reshape(1, 784), (count, 784)).tobytes()
+    rss_before = process_tree_rss_mb(guarded_server.process.pid)
+    peak, delays, result = [rss_before], [], {}
+
+    def post():
+        result["answer"] = httpx.post(
+            f"{guarded_server.url}/predict_bulk",
+            content=body,
+            headers={"content-type": "application/octet-stream"},
+            timeout=120,
+        )
+
+    thread = threading.Thread(target=post)
+    thread.start()
+    with httpx.Client() as client:
+        while thread.is_alive():
+            peak.append(process_tree_rss_mb(guarded_server.process.pid))
+            started = time.perf_counter()
+            assert client.get(f"{guarded_server.url}/livez", timeout=5).status_code == 200
+            delays.append((time.perf_counter() - started) * 1000)
+            time.sleep(0.01)
+    answer = result["answer"]
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["count"] == count and set(answer.json()["digits"]) == {1}
+    # The body (78 MB) and its chunks until joined (78 MB), one chunk's float32 copy (25 MB)
+    assert max(peak) - rss_before < 250, (rss_before, max(peak))
+    assert max(delays) < 100, delays
 
 
 def test_log_lines_cannot_be_forged(guarded_server):
