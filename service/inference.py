@@ -31,9 +31,9 @@ class Classifier:
         import torch
 
         from training import Checkpoint
-        from training.calibration import uncertain
+        from training.calibration import calibrated
 
-        self.torch, self.uncertain = torch, uncertain  # imported once, not on every batch
+        self.torch, self.calibrated = torch, calibrated  # imported once, not on every batch
         checkpoint = Checkpoint.load(source.path)  # raises CheckpointError with a one-line reason
         self.model = checkpoint.model
         self.metadata: dict[str, Any] = checkpoint.metadata
@@ -52,9 +52,8 @@ class Classifier:
             if self.calibration is None:
                 flags = torch.full((len(logits), 1), float("nan"))
                 return torch.cat([logits.softmax(dim=1), flags], dim=1).numpy()
-            probabilities = (logits / self.calibration.temperature).softmax(dim=1)
-            flags = self.uncertain(logits, self.calibration).float().unsqueeze(1)
-            return torch.cat([probabilities, flags], dim=1).numpy()
+            probabilities, flags = self.calibrated(logits, self.calibration)
+            return torch.cat([probabilities, flags.float().unsqueeze(1)], dim=1).numpy()
 
     def info(self) -> dict[str, Any]:
         meta = self.metadata

@@ -75,9 +75,20 @@ def energy(logits: Tensor, temperature: float) -> Tensor:
 
 def uncertain(logits: Tensor, calibration: Calibration) -> Tensor:
     """(N,) bool: the flag, from raw logits."""
-    confidence = (logits / calibration.temperature).softmax(dim=1).amax(dim=1)
-    too_unsure = confidence < calibration.min_confidence
-    return too_unsure | (energy(logits, calibration.temperature) > calibration.max_energy)
+    return calibrated(logits, calibration)[1]
+
+
+def calibrated(logits: Tensor, calibration: Calibration) -> tuple[Tensor, Tensor]:
+    """(N, 10) calibrated probabilities and the (N,) bool flag, from raw logits.
+
+    Both from one scaling: the service answers with this on every forward pass, where each
+    small op costs microseconds.
+    """
+    scaled = logits / calibration.temperature
+    probabilities = scaled.softmax(dim=1)
+    too_unsure = probabilities.amax(dim=1) < calibration.min_confidence
+    energies = -calibration.temperature * torch.logsumexp(scaled, dim=1)  # = energy(logits, T)
+    return probabilities, too_unsure | (energies > calibration.max_energy)
 
 
 def reliability(

@@ -1,6 +1,7 @@
 """The classifier: a two-layer perceptron over flattened 28x28 MNIST images."""
 
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 
 class MLP(nn.Module):
@@ -21,4 +22,7 @@ class MLP(nn.Module):
             nn.init.zeros_(layer.bias)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.output(self.hidden(x.reshape(x.shape[0], -1)).relu())
+        # The layers' own functional form, not their `__call__`: the same math, without two
+        # module dispatches that cost ~10 us of every one-image forward pass in the service.
+        hidden = F.linear(x.reshape(x.shape[0], -1), self.hidden.weight, self.hidden.bias)
+        return F.linear(hidden.relu(), self.output.weight, self.output.bias)
