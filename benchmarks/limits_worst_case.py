@@ -27,8 +27,9 @@ from pathlib import Path
 import httpx
 from PIL import Image
 
-from benchmarks.decode_worst_case import SIDE, digit, encode
+from benchmarks.decode_worst_case import SIDE, WEBP_SIDE, digit, encode
 from service.json_batch import GENERAL_JSON_BYTES
+from service.open_inference import HEADER_LENGTH
 from tests.support.multipart import content_type, multipart_body
 from tests.support.processes import process_tree_rss_mb
 from tests.support.servers import running_server, server_env
@@ -52,7 +53,10 @@ with httpx.Client() as client:
 print(worst * 1000)
 """
 
-Request = tuple[str, bytes, str]  # route, body, content type
+Request = (
+    tuple[str, bytes, str] | tuple[str, bytes, str, dict[str, str]]
+)  # route, body, type[, headers]
+INFER = "/v2/models/mnist/infer"
 
 
 def upload(field: str, files: list[bytes]) -> tuple[bytes, str]:
@@ -66,6 +70,26 @@ def json_images(count: int) -> bytes:
     return json.dumps({"images": [image] * count}).encode()
 
 
+def infer_json(count: int) -> bytes:
+    """An Open Inference JSON request: `count` images of 18-digit floats, one flat FP32 array."""
+    image = [0.1234567890123456] * 392 + [0.9876543210987654] * 392
+    tensor = {"name": "images", "datatype": "FP32", "shape": [count, 784], "data": image * count}
+    return json.dumps({"inputs": [tensor]}).encode()
+
+
+def infer_binary(count: int, header_bytes: int = 0) -> Request:
+    """A binary-extension UINT8 request of `count` images, its JSON header padded to at least
+    `header_bytes` (with a long request id)."""
+    tensor = {"name": "images", "datatype": "UINT8", "shape": [count, 784],
+              "parameters": {"binary_data_size": count * 784}}  # fmt: skip
+    header = json.dumps({"id": "", "inputs": [tensor]}).encode()
+    header = header.replace(
+        b'"id": ""', b'"id": "' + b"x" * max(0, header_bytes - len(header)) + b'"'
+    )
+    kind = "application/octet-stream"
+    return INFER, header + bytes(count * 784), kind, {HEADER_LENGTH: str(len(header))}
+
+
 def other_form_json(size: int) -> bytes:
     """A body of `size` bytes that is not sliced (it has a string): the most empty lists."""
     head, tail = b'{"id": "x", "images": [', b"[]]}"
@@ -76,13 +100,19 @@ def cases(tmp: Path) -> list[tuple[str, str, Callable[[], list[Request]]]]:
     """(limit, what is sent, requests to send at once) for every limit in the README table."""
     webp = tmp / "webp.bin"
     png = tmp / "png.bin"
+    tiff = tmp / "tiff.bin"
 
-    def lossless_webp() -> bytes:  # the costliest single image (benchmarks.decode_worst_case)
-        if not webp.exists():
-            webp.write_bytes(
-                encode(Image.new("RGBA", (SIDE, SIDE)), "WEBP", lossless=True, method=0)
-            )
-        return webp.read_bytes()
+    def lossless_webp(width: int = WEBP_SIDE) -> bytes:  # WebP at (or past) its own limit
+        path = webp.with_suffix(f".{width}")
+        if not path.exists():
+            image = Image.new("RGBA", (width, WEBP_SIDE))
+            path.write_bytes(encode(image, "WEBP", lossless=True, method=0))
+        return path.read_bytes()
+
+    def float_tiff() -> bytes:  # the costliest single image (benchmarks.decode_worst_case)
+        if not tiff.exists():
+            tiff.write_bytes(encode(digit(mode="F"), "TIFF", compression="tiff_deflate"))
+        return tiff.read_bytes()
 
     def big_png() -> bytes:
         if not png.exists():
@@ -124,8 +154,18 @@ def cases(tmp: Path) -> list[tuple[str, str, Callable[[], list[Request]]]]:
         ),
         (
             "one image",
-            f"lossless WebP {SIDE}x{SIDE} RGBA",
+            f"TIFF float32 {SIDE}x{SIDE} (the costliest decode)",
+            lambda: image_requests("/predict_image", "image", [float_tiff()], 1),
+        ),
+        (
+            "one image, WebP",
+            f"lossless WebP {WEBP_SIDE}x{WEBP_SIDE} RGBA (WebP's own limit)",
             lambda: image_requests("/predict_image", "image", [lossless_webp()], 1),
+        ),
+        (
+            "one image, WebP",
+            f"lossless WebP {WEBP_SIDE + 1}x{WEBP_SIDE}",
+            lambda: image_requests("/predict_image", "image", [lossless_webp(WEBP_SIDE + 1)], 1),
         ),
         (
             "decoding work per request",
@@ -139,13 +179,33 @@ def cases(tmp: Path) -> list[tuple[str, str, Callable[[], list[Request]]]]:
         ),
         (
             "decode memory in flight",
-            f"4 lossless WebP {SIDE}x{SIDE} at once",
-            lambda: image_requests("/predict_image", "image", [lossless_webp()], 4),
+            f"4 TIFF float32 {SIDE}x{SIDE} at once",
+            lambda: image_requests("/predict_image", "image", [float_tiff()], 4),
         ),
         (
             "body bytes in flight",
             "4 max /predict_bulk bodies (100,000 images, 78 MB) at once",
             lambda: [("/predict_bulk", bytes(784 * 100_000), bulk_type)] * 4,
+        ),
+        (
+            "Open Inference JSON body (`MNIST_MAX_JSON_BYTES`)",
+            "4096 images of 18-digit floats, one flat FP32 array, 61 MiB",
+            lambda: [(INFER, infer_json(4096), json_type)],
+        ),
+        (
+            "Open Inference JSON body (`MNIST_MAX_JSON_BYTES`)",
+            "64 MiB + 1 byte",
+            lambda: [(INFER, b" " * (64 * 2**20 + 1), json_type)],
+        ),
+        (
+            "Open Inference binary request",
+            "100,000 UINT8 images (78 MB)",
+            lambda: [infer_binary(100_000)],
+        ),
+        (
+            "Open Inference JSON header of a binary request",
+            f"{GENERAL_JSON_BYTES // 1024} KiB + 1 byte",
+            lambda: [infer_binary(1, GENERAL_JSON_BYTES + 1)],
         ),
         (
             "queued heavy work",
@@ -177,9 +237,10 @@ def run_case(url: str, pid: int, tmp: Path, requests: list[Request]) -> dict:
             time.sleep(0.01)
 
     def send(request: Request) -> tuple[int, float]:
-        route, body, kind = request
+        route, body, kind, *extra = request
+        headers = {"content-type": kind, **(extra[0] if extra else {})}
         started = time.perf_counter()
-        answer = httpx.post(url + route, content=body, headers={"content-type": kind}, timeout=120)
+        answer = httpx.post(url + route, content=body, headers=headers, timeout=120)
         return answer.status_code, time.perf_counter() - started
 
     poller, stop = poll_livez(url, tmp)

@@ -11,40 +11,46 @@ per worker, and decide whether to decode inline (tiny) or in a thread.
 Only the first frame of an animation is ever decoded, and frames are never counted: counting a
 GIF's frames means reading all of them.
 
-Worst cases measured on the build machine (2026-12, 2 shared cores, Pillow 13, one subprocess
-per case: ``.venv/bin/python benchmarks/decode_worst_case.py``), for the largest image each limit
-admits (6324x6324 = 40 M pixels, the default ``max_pixels``): CPU seconds of one
-``preprocess_image_bytes`` call, the process's peak RSS above its baseline, and ``peak_bytes``:
+Worst cases measured on the build machine (2026-12-01, 2 shared cores at load ~3, Pillow 13, one
+subprocess per case: ``.venv/bin/python benchmarks/decode_worst_case.py``), for the largest image
+each limit admits (6324x6324 = 40 M pixels, the default ``max_pixels``; WebP 4000x4000): wall
+seconds of one ``preprocess_image_bytes`` call, the process's peak RSS above its baseline,
+``peak_bytes``, and the longest a thread ticking every 1 ms waited while the decode ran in
+another (the GIL the decode holds: how long it can stall a worker's event loop):
 
-    ==============================================  =====  ========  ==========  ===========
-    case (file size)                                CPU s  peak MB   est. MB     work Mpx
-    ==============================================  =====  ========  ==========  ===========
-    PNG gray 8-bit 6324^2 (70 KB)                    0.12      72        118          40
-    PNG RGBA 16-bit 6324^2 (1.4 MB)                  0.41     267        309          40
-    JPEG baseline RGB 6324^2 (0.7 MB)                0.22     192        233          40
-    JPEG progressive RGB, 10 scans, 6324^2           0.39     268        462         400
-    JPEG progressive, 20 scans, 6324^2 (scan limit)  0.56     269        462         800
-    JPEG progressive, 100 scans, 8 M pixels          0.31      54         96         800
-    JPEG CMYK 6324^2 (2 MB)                          0.40     344        385          40
-    GIF transparent 6324^2 canvas (60 KB)            0.15      76        118          40
-    BMP 1-bit 6324^2 (5 MB)                          0.08      76        118          40
-    BMP 24-bit 6324^2 (120 MB)                       0.20     191        233          40
-    BMP RLE8 1024^2, an end-of-line per row (10 KB)  0.14       3          9          67
-    WebP lossless RGBA 6324^2 (34 bytes)             0.63     611        691          40
-    WebP lossy RGB 6324^2 (140 KB)                   0.56     611        614          40
-    TIFF deflate RGBA 6324^2 (0.3 MB)                0.42     267        309          40
-    TIFF deflate float32 6324^2 (0.3 MB)             1.04     458        576          40
-    TIFF raw, 30,000 one-row strips (40 MB)          0.16      45        126          40
-    TIFF deflate, 30,000 one-row strips (1 MB)       0.09      41        118          40
-    TIFF 28x28 with one 1024x1024 tile               0.00       1          5           1
-    PNG 28x28 with 8,192 chunks (MAX_PNG_CHUNKS)     0.03       0          4           0
-    JPEG 28x28 with 1,000 segments                   0.00       1          4           0
-    GIF 28x28 with 4,096 comment sub-blocks          0.00       0          4           0
-    TIFF 28x28 with 1,024 tags (MAX_TIFF_TAGS)       0.01       0          4           0
-    ==============================================  =====  ========  ==========  ===========
+    ==============================================  =====  ========  =======  ========  ======
+    case (file size)                                wall s  peak MB  est. MB  work Mpx  GIL ms
+    ==============================================  =====  ========  =======  ========  ======
+    PNG gray 8-bit 6324^2 (70 KB)                    0.13      72      118        40       5
+    PNG RGBA 16-bit 6324^2 (1.4 MB)                  0.40     229      309        40      10
+    JPEG baseline RGB 6324^2 (0.7 MB)                0.25     192      233        40       8
+    JPEG progressive RGB, 10 scans, 6324^2           0.44     268      462       400       8
+    JPEG progressive, 20 scans, 6324^2 (scan limit)  0.62     268      462       800       7
+    JPEG progressive, 100 scans, 8 M pixels          0.34      54       96       800       5
+    JPEG CMYK 6324^2 (2 MB)                          0.43     344      385        40       7
+    GIF transparent 6324^2 canvas (60 KB)            0.16      76      118        40       3
+    BMP 1-bit 6324^2 (5 MB)                          0.09      77      118        40       5
+    BMP 24-bit 6324^2 (120 MB)                       0.21     191      233        40       7
+    BMP RLE8 1024^2, an end-of-line per row (10 KB)  0.14       3        9        67      11
+    WebP lossless RGBA 4000^2 (WebP's pixel limit)   0.25     244      279        16      39
+    WebP lossy RGB 4000^2 (70 KB)                    0.38     245      248        16      44
+    TIFF deflate RGBA 6324^2 (0.3 MB)                0.38     229      309        40       9
+    TIFF deflate float32 6324^2 (0.3 MB)             1.10     522      576        40      12
+    TIFF raw, 30,000 one-row strips (40 MB)          0.30      47      126        40      11
+    TIFF deflate, 30,000 one-row strips (1 MB)       0.15      41      118        40       8
+    TIFF 28x28 with one 1024x1024 tile               0.00       1        5         1       3
+    PNG 28x28 with 8,192 chunks (MAX_PNG_CHUNKS)     0.03       0        4         0      12
+    JPEG 28x28 with 1,000 segments                   0.00       1        4         0       3
+    GIF 28x28 with 4,096 comment sub-blocks          0.00       0        4         0       3
+    TIFF 28x28 with 1,024 tags (MAX_TIFF_TAGS)       0.01       0        4         0       7
+    ==============================================  =====  ========  =======  ========  ======
 
 So one image at the limits costs at most ~1 s of CPU and ~0.6 GB; ``work_pixels`` at 26 ns
 each and ``peak_bytes`` bound every case above. A refusal costs a few milliseconds at most.
+Before WebP had a limit of its own, a 6324^2 WebP held the GIL ~100 ms (Pillow copies the
+decoded canvas into a Python object with it held), and the gray conversion of a transparent
+40 M-pixel image held it 50-95 ms (getchannel); see ``MAX_WEBP_PIXELS`` and
+``preprocess._in_bands``.
 """
 
 import io
