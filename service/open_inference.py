@@ -60,7 +60,12 @@ OUTPUTS: dict[str, tuple[str, tuple[int, ...]]] = {
     "digit": ("INT64", (-1,)),
     "confidence": ("FP32", (-1,)),
 }
-"""Every output, in the order a request without `outputs` gets them: datatype and shape."""
+"""Every model's outputs, in the order a request without `outputs` gets them: datatype, shape."""
+FLAG = "uncertain"
+FLAG_OUTPUT = ("BOOL", (-1,))
+"""A calibrated model's fourth output (`model_outputs`): true when the input does not look like
+a digit the model knows, the `uncertain` of every other route. A model trained without a
+held-out slice (the seed recipe) has no such flag, so no such output."""
 
 DATATYPES = ("UINT8", "FP32", "BYTES")
 PIXEL_SHAPES = ((784,), (28, 28), (1, 28, 28))
@@ -69,7 +74,7 @@ PIXEL_SHAPES = ((784,), (28, 28), (1, 28, 28))
 HEADER_LENGTH = "inference-header-content-length"
 PIXELS = 784
 _ITEMSIZE = {"UINT8": 1, "FP32": 4}
-_OUTPUT_DTYPE = {"FP32": "<f4", "INT64": "<i8"}
+_OUTPUT_DTYPE = {"FP32": "<f4", "INT64": "<i8", "BOOL": "?"}  # BOOL: one byte, 0 or 1
 _UINT64_MAX = 2**64 - 1
 _MAX_RANK = 8  # longer shapes can only be wrong; refusing early keeps messages short
 _BINARY_HINT = "send the tensor as binary data (raw file bytes per element)"
@@ -129,8 +134,17 @@ def server_metadata(version: str, name: str = SERVER_NAME) -> dict[str, Any]:
     return {"name": name, "version": version, "extensions": list(EXTENSIONS)}
 
 
+def model_outputs(flagged: bool) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """The served model's outputs: `OUTPUTS`, and `FLAG` when the model is calibrated."""
+    return {**OUTPUTS, FLAG: FLAG_OUTPUT} if flagged else dict(OUTPUTS)
+
+
 def model_metadata(
-    name: str, version: str, platform: str = PLATFORM, max_batch: int | None = None
+    name: str,
+    version: str,
+    platform: str = PLATFORM,
+    max_batch: int | None = None,
+    flagged: bool = False,
 ) -> dict[str, Any]:
     """`GET /v2/models/{name}[/versions/{version}]`: the model's tensors, -1 for the batch.
 
@@ -152,6 +166,12 @@ def model_metadata(
         "outputs": (
             "probabilities: softmax over digits 0-9; digit: the most probable digit; "
             "confidence: its probability"
+            + (
+                "; uncertain: true when the input does not look like a digit the model knows "
+                "(calibrated confidence or energy score past its held-out threshold)"
+                if flagged
+                else ""
+            )
         ),
     }
     if max_batch is not None:
@@ -163,7 +183,7 @@ def model_metadata(
         "inputs": [{"name": INPUT_NAME, "datatype": "FP32", "shape": [-1, PIXELS]}],
         "outputs": [
             {"name": output, "datatype": datatype, "shape": list(shape)}
-            for output, (datatype, shape) in OUTPUTS.items()
+            for output, (datatype, shape) in model_outputs(flagged).items()
         ],
         "properties": properties,
     }
@@ -198,12 +218,17 @@ def check_model(name: str, version: str | None, served_name: str, served_version
 
 
 def parse_infer_request(
-    body: bytes, headers: Mapping[str, str], max_batch: int, max_image_bytes: int
+    body: bytes,
+    headers: Mapping[str, str],
+    max_batch: int,
+    max_image_bytes: int,
+    flagged: bool = False,
 ) -> InferRequest:
     """An inference request body (JSON, or JSON + binary tensor data) -> `InferRequest`.
 
-    `headers` must have lowercase names. Raises only `ClientError` (4xx). Binary UINT8/FP32
-    data is read with one `np.frombuffer`, no per-pixel Python.
+    `headers` must have lowercase names; `flagged`: the model has the `FLAG` output. Raises
+    only `ClientError` (4xx). Binary UINT8/FP32 data is read with one `np.frombuffer`, no
+    per-pixel Python.
     """
     encoding = headers.get("content-encoding", "").strip().lower()
     if encoding not in ("", "identity"):
@@ -236,7 +261,7 @@ def parse_infer_request(
         raise ClientError(400, '"id" must be a string')
     parameters = _parameters(document.get("parameters"), "the request")
     binary_default = _bool_parameter(parameters, "binary_data_output", "the request", False)
-    outputs = _requested_outputs(document.get("outputs"), binary_default)
+    outputs = _requested_outputs(document.get("outputs"), binary_default, model_outputs(flagged))
     tensor = _single_input(document.get("inputs"))
     datatype, shape = _input_type(tensor, max_batch)
 
@@ -346,10 +371,12 @@ def _refuse_shared_memory(parameters: dict[str, Any], owner: str) -> None:
         )
 
 
-def _requested_outputs(value: object, binary_default: bool) -> tuple[RequestedOutput, ...]:
-    """The request's `outputs` (all three when absent or empty), each binary or JSON."""
+def _requested_outputs(
+    value: object, binary_default: bool, available: Mapping[str, object]
+) -> tuple[RequestedOutput, ...]:
+    """The request's `outputs` (all the model has when absent or empty), each binary or JSON."""
     if value is None or value == []:
-        return tuple(RequestedOutput(name, binary_default) for name in OUTPUTS)
+        return tuple(RequestedOutput(name, binary_default) for name in available)
     if not isinstance(value, list):
         raise ClientError(400, '"outputs" must be a JSON array of {"name": ...} objects')
     requested: list[RequestedOutput] = []
@@ -357,10 +384,16 @@ def _requested_outputs(value: object, binary_default: bool) -> tuple[RequestedOu
         if not isinstance(item, dict) or not isinstance(item.get("name"), str):
             raise ClientError(400, f'"outputs" element {index} must be an object with a "name"')
         name = item["name"]
-        if name not in OUTPUTS:
+        if name == FLAG and name not in available:
             raise ClientError(
                 400,
-                f"unknown output {_show(name)}; this model's outputs are {', '.join(OUTPUTS)}",
+                f"this model has no '{FLAG}' output: it was trained without a held-out slice to "
+                f"calibrate it (the seed recipe); its outputs are {', '.join(available)}",
+            )
+        if name not in available:
+            raise ClientError(
+                400,
+                f"unknown output {_show(name)}; this model's outputs are {', '.join(available)}",
             )
         if any(output.name == name for output in requested):
             raise ClientError(400, f"output '{name}' is requested twice")
@@ -919,11 +952,16 @@ def preprocess_elements(encoded: Sequence[bytes], max_pixels: int = MAX_IMAGE_PI
 
 
 def encode_infer_response(
-    request: InferRequest, model_name: str, model_version: str, probabilities: np.ndarray
+    request: InferRequest,
+    model_name: str,
+    model_version: str,
+    probabilities: np.ndarray,
+    flags: np.ndarray | None = None,
 ) -> tuple[bytes, dict[str, str]]:
     """The inference response body and its headers (lowercase names), JSON or binary.
 
-    Binary outputs follow the JSON in the requested order; then the headers carry
+    `flags`: the (N,) bool `FLAG` output, for a request that asks for it. Binary outputs
+    follow the JSON in the requested order; then the headers carry
     Inference-Header-Content-Length and Content-Type application/octet-stream.
     """
     probabilities = np.asarray(probabilities, dtype=np.float32)
@@ -937,10 +975,14 @@ def encode_infer_response(
         "digit": digits,
         "confidence": probabilities[np.arange(len(digits)), digits],
     }
+    if flags is not None:
+        tensors[FLAG] = np.asarray(flags, dtype=bool).reshape(len(digits))
+    elif any(requested.name == FLAG for requested in request.outputs):
+        raise ValueError(f"the request asks for '{FLAG}' and no flags were given")
     outputs: list[dict[str, Any]] = []
     parts: list[bytes] = []
     for requested in request.outputs:
-        datatype = OUTPUTS[requested.name][0]
+        datatype = model_outputs(True)[requested.name][0]
         array = tensors[requested.name].astype(_OUTPUT_DTYPE[datatype], copy=False)
         output: dict[str, Any] = {
             "name": requested.name,

@@ -13,7 +13,7 @@ from starlette.responses import Response
 
 from service import open_inference as oip
 from service.endpoints import INLINE_BATCH_IMAGES, INLINE_JSON_BYTES, Endpoints, Handler
-from service.inference import probabilities_of
+from service.inference import UNCERTAIN, probabilities_of
 from service.openapi import package_version
 from service.request_body import ClientError, json_response, read_body
 
@@ -33,14 +33,22 @@ class OpenInferenceRoutes:
         info = endpoints.classifier.info()
         self.version = oip.model_version(info["tag"], info["sha256"])
         self.server_body = json_response(oip.server_metadata(package_version())).body
+        self.flagged = endpoints.classifier.calibration is not None  # has `uncertain`
         metadata = oip.model_metadata(
-            oip.MODEL_NAME, self.version, max_batch=endpoints.settings.max_bulk_images
+            oip.MODEL_NAME,
+            self.version,
+            max_batch=endpoints.settings.max_bulk_images,
+            flagged=self.flagged,
         )
         self.model_body = json_response(metadata).body
         settings = endpoints.settings
         # Binary FP32 needs 4 bytes a pixel; a body without binary data is JSON, held to the
         # JSON limit (its JSON header to oip.WHOLE_JSON_BYTES).
-        self.binary_limit = max(settings.max_json_bytes, settings.max_bulk_images * 784 * 4)
+        # Both within the body budget: a larger body could never be held (413, not 503).
+        self.binary_limit = min(
+            max(settings.max_json_bytes, settings.max_bulk_images * 784 * 4),
+            settings.max_body_bytes_in_flight,
+        )
 
     def match(self, path: str) -> tuple[str, tuple[str, ...], Handler] | None:
         """(metrics label, methods, handler) for a `/v2` path, or None for no such route."""
@@ -97,14 +105,21 @@ class OpenInferenceRoutes:
                 f"({oip.HEADER_LENGTH})",
             )
         body = await read_body(request, self.binary_limit if binary else settings.max_json_bytes)
-        args = (body, request.headers, settings.max_bulk_images, settings.max_upload_bytes)
+        args = (
+            body,
+            request.headers,
+            settings.max_bulk_images,
+            settings.max_upload_bytes,
+            self.flagged,
+        )
         if len(body) <= INLINE_JSON_BYTES:
             parsed = oip.parse_infer_request(*args)
         else:  # megabytes: JSON parsed in slices, binary pixels converted, off the event loop
             parsed = await self.endpoints.in_thread(oip.parse_infer_request, *args)
         images = parsed.images if parsed.images is not None else await self.decode(parsed)
-        probabilities = probabilities_of(await self.endpoints.outputs(images))
-        answer = (parsed, oip.MODEL_NAME, self.version, probabilities)
+        outputs = await self.endpoints.outputs(images)
+        flags = outputs[:, UNCERTAIN] > 0.5 if self.flagged else None
+        answer = (parsed, oip.MODEL_NAME, self.version, probabilities_of(outputs), flags)
         if parsed.batch_size <= INLINE_BATCH_IMAGES:
             payload, headers = oip.encode_infer_response(*answer)
         else:  # thousands of answers: JSON outputs take long to build

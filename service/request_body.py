@@ -82,6 +82,8 @@ async def read_body(request: Request, limit: int) -> bytes:
     from service.budget import hold
 
     budget = request.scope.get(BODY_BUDGET_KEY)
+    if budget is not None:  # a body the budget could never hold is a 413, not a 503 forever
+        limit = min(limit, budget.capacity)
     timeout = request.scope.get(BODY_TIMEOUT_KEY, 30.0)
     declared = request.headers.get("content-length")
     held = 0

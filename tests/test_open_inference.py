@@ -289,6 +289,56 @@ def test_binary_response_for_a_bytes_request():
     assert np.array_equal(result.as_numpy("digit"), probabilities.argmax(axis=1))
 
 
+FLAGS = np.array([True, False, False, True, False])
+
+
+def test_a_calibrated_model_adds_the_uncertain_flag_binary_or_json():
+    """A flagged model answers `uncertain` BOOL [N] by default; tritonclient reads it back."""
+    body, headers = triton_body([triton_input(PIXELS_U8, "UINT8", True)])  # no outputs given
+    request = parse_infer_request(body, headers, MAX_BATCH, MAX_IMAGE_BYTES, flagged=True)
+    assert [o.name for o in request.outputs] == [
+        "probabilities",
+        "digit",
+        "confidence",
+        "uncertain",
+    ]
+    response, response_headers = encode_infer_response(request, "mnist", "7", PROBABILITIES, FLAGS)
+    result = triton_result(response, response_headers)
+    assert result.as_numpy("uncertain").dtype == np.bool_
+    assert result.as_numpy("uncertain").tolist() == FLAGS.tolist()
+    header = json.loads(response[: int(response_headers[HEADER_LENGTH])])
+    assert header["outputs"][3] == {
+        "name": "uncertain",
+        "datatype": "BOOL",
+        "shape": [5],
+        "parameters": {"binary_data_size": 5},  # one byte an element, as the spec says
+    }
+    document = json_request()
+    document["outputs"] = [{"name": "uncertain"}]
+    request = parse_infer_request(dumps(document), {}, MAX_BATCH, MAX_IMAGE_BYTES, flagged=True)
+    response, _ = encode_infer_response(request, "mnist", "7", PROBABILITIES[:1], FLAGS[:1])
+    InferenceResponse.parse_obj(json.loads(response))
+    assert json.loads(response)["outputs"] == [
+        {"name": "uncertain", "datatype": "BOOL", "shape": [1], "data": [True]}
+    ]
+
+
+def test_a_model_without_calibration_has_no_uncertain_output():
+    document = json_request()
+    document["outputs"] = [{"name": "uncertain"}]
+    with pytest.raises(ClientError) as refused:
+        parse(dumps(document))
+    assert refused.value.status == 400
+    assert (
+        "no 'uncertain' output" in refused.value.message and "seed recipe" in refused.value.message
+    )
+    assert "uncertain" not in [o["name"] for o in model_metadata("mnist", "1")["outputs"]]
+    flagged = model_metadata("mnist", "1", flagged=True)
+    MetadataModelResponse.parse_obj(flagged)
+    assert flagged["outputs"][3] == {"name": "uncertain", "datatype": "BOOL", "shape": [-1]}
+    assert "uncertain: true when" in flagged["properties"]["outputs"]
+
+
 def test_a_wrong_probability_shape_is_a_programming_error():
     request = parse(dumps(json_request()))
     with pytest.raises(ValueError, match="expected"):

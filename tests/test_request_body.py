@@ -1,5 +1,6 @@
 """The `/predict` JSON body parser: every shape problem names the offending image."""
 
+import asyncio
 import json
 import threading
 import time
@@ -9,10 +10,12 @@ import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from starlette.requests import Request
 
 from service import json_batch
+from service.budget import Budget
 from service.json_batch import images_from_json, parse_image_array
-from service.request_body import ClientError
+from service.request_body import BODY_BUDGET_KEY, ClientError, read_body
 
 FLAT = [0.0] * 392 + [0.5] * 392  # half dark, half a gray stroke: not blank
 NESTED = [[0.0] * 28] * 14 + [[0.5] * 28] * 14
@@ -149,3 +152,20 @@ def test_a_maximal_json_body_never_holds_the_gil_long():
         last = now
     assert result[0].shape == (4096, 784)
     assert max(gaps) < 0.1, f"the main thread waited {max(gaps) * 1000:.0f} ms"
+
+
+def test_a_body_larger_than_the_whole_body_budget_is_413_not_503():
+    """A chunked body (no Content-Length) that could never fit the worker's body budget: once
+    a 503 "busy, retry" every time it was retried; it is a 413 naming the budget's size."""
+    chunks = [b"x" * 1024] * 9 + [b""]
+
+    async def receive() -> dict:
+        chunk = chunks.pop(0)
+        return {"type": "http.request", "body": chunk, "more_body": bool(chunks)}
+
+    budget = Budget("request body bytes", 8 * 1024)
+    scope = {"type": "http", "method": "POST", "headers": [], BODY_BUDGET_KEY: budget}
+    with pytest.raises(ClientError) as refused:
+        asyncio.run(read_body(Request(scope, receive), limit=1 << 20))
+    assert refused.value.status == 413, refused.value.message
+    assert "8192" in refused.value.message

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+
 import httpx
 import numpy as np
 import torch
@@ -86,6 +88,26 @@ def test_server_flags_what_the_checkpoint_says(
     ).json()
     assert len(bulk["uncertain"]) == len(uploads)
     assert all(isinstance(flag, bool) for flag in bulk["uncertain"])
+
+    # the Open Inference route: the same flags, for the uploaded files themselves
+    infer = {
+        "inputs": [
+            {
+                "name": "images",
+                "datatype": "BYTES",
+                "shape": [len(uploads)],
+                "data": [base64.b64encode(data).decode() for data in uploads],
+            }
+        ],
+        "outputs": [{"name": "digit"}, {"name": "uncertain"}],
+    }
+    response = httpx.post(f"{calibrated_server.url}/v2/models/mnist/infer", json=infer, timeout=30)
+    assert response.status_code == 200, response.text
+    digit, uncertain = response.json()["outputs"]
+    assert uncertain["datatype"] == "BOOL" and uncertain["data"] == flags
+    assert digit["data"] == [a["digit"] for a in answers]
+    metadata = httpx.get(f"{calibrated_server.url}/v2/models/mnist", timeout=30).json()
+    assert {"name": "uncertain", "datatype": "BOOL", "shape": [-1]} in metadata["outputs"]
 
     info = httpx.get(f"{calibrated_server.url}/model_info", timeout=30).json()
     assert info["calibration"]["temperature"] == checkpoint.calibration.temperature
