@@ -18,8 +18,9 @@ setup: $(STAMP)
 # when set (e.g. https://download.pytorch.org/whl/cpu), else a local torch-*+cpu wheel in pip's
 # find-links, else torch from PyPI (the CUDA build on Linux). README "Setup" has the costs.
 TORCH_INDEX_URL ?=
-# The browser test's driver, without its trio (pyproject.toml's dev extra says why).
-SELENIUM := 'selenium>=4.20,<5'
+# The browser test's driver, without its trio (pyproject.toml's dev extra says why and lists
+# its other requirements: keep them in step when this changes).
+SELENIUM := selenium==4.51.0
 
 $(STAMP): pyproject.toml scripts/torch_source.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

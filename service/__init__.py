@@ -12,5 +12,16 @@ import gc
 import sys
 from pathlib import Path
 
-if "--worker-id" in sys.argv or (Path(sys.argv[0]).name == "bentoml" and "serve" in sys.argv):
+
+def server_role(argv: list[str]) -> str | None:
+    """The process's part in `bentoml serve`: "supervisor" (the process it runs), "worker" (one
+    it spawns), or None anywhere else (tests, `bentoml build`, training)."""
+    if "--worker-id" in argv:
+        return "worker"
+    if Path(argv[0]).name == "bentoml" and "serve" in argv[1:]:
+        return "supervisor"
+    return None
+
+
+if server_role(sys.argv) is not None:
     gc.disable()

@@ -259,6 +259,8 @@ def parse_infer_request(
     request_id = document.get("id")
     if request_id is not None and not isinstance(request_id, str):
         raise ClientError(400, '"id" must be a string')
+    if request_id is not None and not _is_unicode(request_id):
+        raise ClientError(400, '"id" holds a lone surrogate (an escape in \\ud800-\\udfff)')
     parameters = _parameters(document.get("parameters"), "the request")
     binary_default = _bool_parameter(parameters, "binary_data_output", "the request", False)
     outputs = _requested_outputs(document.get("outputs"), binary_default, model_outputs(flagged))
@@ -298,6 +300,16 @@ def parse_infer_request(
         return InferRequest(request_id, datatype, shape, outputs, encoded=encoded)
     images = _pixels_binary(body, start, size, datatype, shape)
     return InferRequest(request_id, datatype, shape, outputs, images=images)
+
+
+def _is_unicode(text: str) -> bool:
+    """False for a string with a lone surrogate, which JSON escapes allow but UTF-8 cannot hold
+    (the answer echoes the id, and its encoder would fail)."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _header_length(value: str | None, body_length: int) -> int | None:
@@ -566,7 +578,8 @@ def _pixels_json(data: object, datatype: str, shape: tuple[int, ...]) -> np.ndar
     except (ValueError, TypeError, OverflowError, RecursionError):
         raise ClientError(400, f"{owner} {_NOT_REGULAR}") from None
     _check_count(array.size, shape)
-    _check_kind(array.dtype.kind, datatype)
+    # numpy reads true/false as 1/0; a large body's sliced parse refuses them: so does this
+    _check_kind("b" if _holds_booleans(data) else array.dtype.kind, datatype)
     if datatype == "UINT8":
         _check_byte_range(int(array.min()), int(array.max()))
         images = array.reshape(shape[0], PIXELS).astype(np.float32)
@@ -575,6 +588,19 @@ def _pixels_json(data: object, datatype: str, shape: tuple[int, ...]) -> np.ndar
     values = array.reshape(shape[0], PIXELS).astype(np.float64)
     _check_unit_range(values)  # before the cast, so 1e39 is refused, not an overflow to inf
     return values.astype(np.float32)
+
+
+def _holds_booleans(data: list) -> bool:
+    """Whether a (nested) JSON list holds true or false anywhere; one C-level pass per list."""
+    lists = [data]
+    while lists:
+        items = lists.pop()
+        types = set(map(type, items))
+        if bool in types:
+            return True
+        if list in types:
+            lists.extend(item for item in items if type(item) is list)
+    return False
 
 
 def _check_count(size: int, shape: tuple[int, ...]) -> None:
@@ -724,7 +750,7 @@ class _NumericData:
                     413,
                     f"input '{INPUT_NAME}' \"data\" nests more than {most_lists:,} JSON lists; "
                     f"a body over {WHOLE_JSON_BYTES:,} bytes may send its images as a flat "
-                    "array or nested by image, row or pixel",
+                    "array or nested by image or row",
                 )
             positions.append(where + offset)
             opens.append(is_open[where])
@@ -733,9 +759,9 @@ class _NumericData:
         depth = np.cumsum(np.where(is_open, 1, -1))  # depth after each bracket
         closed = np.flatnonzero(depth <= 0)
         if len(closed) != 1 or closed[0] != len(depth) - 1 or depth[-1] != 0:
-            where = int(position[closed[0]]) if len(closed) else stop
+            at = int(position[closed[0]]) if len(closed) else stop
             raise ClientError(
-                400, f'the body is not valid JSON: the "data" array is malformed at byte {where}'
+                400, f'the body is not valid JSON: the "data" array is malformed at byte {at}'
             )
         # Each top-level list element: from its "[" (depth 2 after) to its "]" (depth 1 after).
         element_starts = position[is_open & (depth == 2)]
@@ -746,7 +772,7 @@ class _NumericData:
                 413,
                 f"input '{INPUT_NAME}' \"data\" has an element of more than "
                 f"{MAX_DATA_ELEMENT_BYTES:,} bytes; a body over {WHOLE_JSON_BYTES:,} bytes may "
-                "send its images as a flat array or nested by image, row or pixel",
+                "send its images as a flat array or nested by image or row",
             )
         # Top-level gaps (depth 1 between two brackets) are where commas may be cut.
         gap_at = np.flatnonzero(depth[:-1] == 1)
@@ -781,7 +807,9 @@ def _numeric_end(body: bytes, start: int) -> int | None:
         name = f"-{name}" if body[end - 1] == ord("-") else name
         raise ClientError(400, f"the body is not valid JSON: {name} is not a valid JSON number")
     last = body.rfind(b"]", start, end)
-    return None if last < 0 else last + 1
+    if last < 0 or body[last + 1 : end].strip(b" \t\r\n") not in (b"", b","):
+        return None  # the run of numbers ends inside the array (true, null, a string...)
+    return last + 1
 
 
 def _parse_slice(body: bytes, begin: int, end: int) -> list:

@@ -20,13 +20,15 @@ from pathlib import Path
 
 import psutil
 
+from service import server_role
+
 FATAL_ENV = "_MNIST_FATAL_FILE"
 POLL_S = 0.1
 
 
 def is_supervisor(argv: list[str]) -> bool:
     """True in the process that `bentoml serve` runs (not in its workers, tests or builds)."""
-    return Path(argv[0]).name == "bentoml" and "serve" in argv[1:] and "--worker-id" not in argv
+    return server_role(argv) == "supervisor"
 
 
 def check_readable(path: Path) -> None:

@@ -200,6 +200,15 @@ def test_json_integers_are_fine_for_fp32():
     assert request.images.dtype == np.float32 and request.images[0, :2].tolist() == [0.0, 1.0]
 
 
+def test_an_id_the_answer_could_not_echo_is_a_400():
+    """A lone surrogate escape is valid JSON but no UTF-8: echoing it in the answer failed."""
+    document = json_request()
+    document["id"] = "\ud800"
+    with pytest.raises(ClientError) as refused:
+        parse(json.dumps(document).encode())
+    assert refused.value.status == 400 and "surrogate" in refused.value.message
+
+
 def test_request_id_and_unknown_parameters_pass():
     document = json_request()
     document.update(id="abc-42", model_name="mnist", parameters={"priority": 1, "timeout": 5})

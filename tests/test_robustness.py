@@ -128,9 +128,14 @@ def test_gate_refuses_a_not_a_digit_category_flagged_less_often_and_names_the_ru
     assert decision.rules == (NOT_DIGITS_FLAGGED,)
     (reason,) = decision.reasons
     assert "'text'" in reason and "95.00 % flagged" in reason and "2.50 points below" in reason
-    # exactly the tolerance passes; a candidate without a flag is not compared
+    # exactly the tolerance passes; a promoted model without a flag has nothing to lose
     assert gate(0.985, BASELINE, flag_rates={"text": (0.965, 0.975)}).passed
-    assert gate(0.985, BASELINE, flag_rates={"text": (None, 0.975)}).passed
+    assert gate(0.985, BASELINE, flag_rates={"text": (0.5, None)}).passed
+    # a candidate that lost the flag altogether (a seed-recipe model after a robust one)
+    lost = gate(0.985, BASELINE, flag_rates={"text": (None, 0.975)})
+    assert not lost.passed and lost.rules == (NOT_DIGITS_FLAGGED,)
+    assert "no uncertain flag" in lost.reasons[0] and "97.50 %" in lost.reasons[0]
+    assert gate(0.985, BASELINE, flag_rates={"text": (None, 0.975)}, force=True).forced
 
 
 def test_gate_refuses_more_test_digits_flagged_than_the_tolerance_above_the_promoted_model():

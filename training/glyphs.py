@@ -4,7 +4,8 @@ A stray "k" or "&" uploaded to the service is cropped and centred like a digit, 
 has only seen digits reads it as one. Scribbles of straight strokes do not look like typed
 letters, so the robust recipe also shows the model real glyphs, rendered once per run with
 Pillow's own scalable font (`ImageFont.load_default(size)`, shipped inside Pillow, so no system
-font is read and a run trains the same on every machine), never the robustness suite's fonts.
+font is read and a run trains the same wherever the same Pillow and FreeType rasterise it),
+never the robustness suite's fonts.
 Each glyph is normalised as `service.preprocess.to_mnist_array` hands an upload to the model:
 cropped to its ink, its longer side scaled to 20 px (Lanczos), its centre of mass at (14, 14).
 """

@@ -133,15 +133,23 @@ def gate(
                 f"(--robustness-tolerance {robustness_tolerance:g})",
             )
     flag_rates = dict(flag_rates or {})
-    for name, (ours, theirs) in flag_rates.items():
-        if ours is None or theirs is None:
+    for name, (flagged, promoted) in flag_rates.items():
+        if promoted is None:  # the promoted model has no flag (the seed recipe): nothing to lose
             continue
-        if 100 * (theirs - ours) > robustness_tolerance + EPSILON:
+        if flagged is None:
             refuse(
                 NOT_DIGITS_FLAGGED,
-                f"not-a-digit category {name!r}: {100 * ours:.2f} % flagged is "
-                f"{100 * (theirs - ours):.2f} points below the promoted model's "
-                f"{100 * theirs:.2f} % (--robustness-tolerance {robustness_tolerance:g})",
+                f"not-a-digit category {name!r}: the candidate has no uncertain flag (trained "
+                "without a held-out slice to calibrate it, as the seed recipe is) and the "
+                f"promoted model flags {100 * promoted:.2f} %",
+            )
+            continue
+        if 100 * (promoted - flagged) > robustness_tolerance + EPSILON:
+            refuse(
+                NOT_DIGITS_FLAGGED,
+                f"not-a-digit category {name!r}: {100 * flagged:.2f} % flagged is "
+                f"{100 * (promoted - flagged):.2f} points below the promoted model's "
+                f"{100 * promoted:.2f} % (--robustness-tolerance {robustness_tolerance:g})",
             )
     ours_flagged, theirs_flagged = test_flagged
     if ours_flagged is not None and theirs_flagged is not None:
