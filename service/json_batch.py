@@ -26,7 +26,7 @@ WINDOW_BYTES = 1024 * 1024  # bracket depth is computed this many bytes at a tim
 
 _PREFIX = re.compile(rb'(?:\xef\xbb\xbf)?[ \t\r\n]*\{[ \t\r\n]*"images"[ \t\r\n]*:[ \t\r\n]*\[')
 _SUFFIX = re.compile(rb"\][ \t\r\n]*\}[ \t\r\n]*\Z")
-_OPEN, _CLOSE, _QUOTE, _LEFT_BRACE, _RIGHT_BRACE = (ord(c) for c in '[]"{}')
+_OPEN, _CLOSE = ord("["), ord("]")
 _SHAPE_RULE = (
     "each image must be 28 lists of 28 numbers or one list of 784 numbers, the same form for "
     "every image in the request"
@@ -76,25 +76,15 @@ def image_bounds(body: bytes, max_images: int) -> list[tuple[int, int]] | None:
     if stop < 0 or _SUFFIX.match(body, stop) is None:
         return None
     most_lists = 29 * max_images  # an image is at most 1 + 28 lists
-    positions, opens = [], []
-    found = 0
-    for offset in range(start, stop, WINDOW_BYTES):
-        window = np.frombuffer(body, np.uint8, min(WINDOW_BYTES, stop - offset), offset)
-        if ((window == _QUOTE) | (window == _LEFT_BRACE) | (window == _RIGHT_BRACE)).any():
-            return None
-        is_open = window == _OPEN
-        where = np.flatnonzero(is_open | (window == _CLOSE))
-        found += len(where)
-        if found > 2 * most_lists:
-            raise ClientError(
-                413,
-                f"the body holds more than {most_lists:,} JSON lists: {max_images} images "
-                "of 28 rows is the most a request may send",
-            )
-        positions.append(where + offset)
-        opens.append(is_open[where])
-    position = np.concatenate([np.zeros(0, np.int64), *positions])
-    is_open = np.concatenate([np.zeros(0, bool), *opens])
+    too_many = ClientError(
+        413,
+        f"the body holds more than {most_lists:,} JSON lists: {max_images} images "
+        "of 28 rows is the most a request may send",
+    )
+    found = brackets(body, start, stop, 2 * most_lists, too_many, forbidden=b'"{}')
+    if found is None:
+        return None
+    position, is_open = found
     depth = np.cumsum(np.where(is_open, 1, -1))  # depth after each bracket
     if len(depth) and depth.min() < 0:
         stray = int(position[np.argmax(depth < 0)])
@@ -126,6 +116,32 @@ def image_bounds(body: bytes, max_images: int) -> list[tuple[int, int]] | None:
                 f"{MAX_IMAGE_JSON_BYTES:,} per image",
             )
     return bounds
+
+
+def brackets(
+    body: bytes,
+    start: int,
+    stop: int,
+    most: int,
+    too_many: ClientError,
+    forbidden: bytes = b"",
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """Where every `[` and `]` of `body[start:stop]` is, and whether each opens a list, found
+    with numpy a window at a time (its loops leave the GIL). Raises `too_many` past `most`
+    brackets; None as soon as a byte of `forbidden` is there."""
+    positions, opens, found = [np.zeros(0, np.int64)], [np.zeros(0, bool)], 0
+    for offset in range(start, stop, WINDOW_BYTES):
+        window = np.frombuffer(body, np.uint8, min(WINDOW_BYTES, stop - offset), offset)
+        if forbidden and any((window == byte).any() for byte in forbidden):
+            return None
+        is_open = window == _OPEN
+        where = np.flatnonzero(is_open | (window == _CLOSE))
+        found += len(where)
+        if found > most:
+            raise too_many
+        positions.append(where + offset)
+        opens.append(is_open[where])
+    return np.concatenate(positions), np.concatenate(opens)
 
 
 def parse_json(body: bytes, offset: int = 0) -> object:

@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from service.json_batch import GENERAL_JSON_BYTES, SLICE_BYTES, WINDOW_BYTES
+from service.json_batch import GENERAL_JSON_BYTES, SLICE_BYTES, WINDOW_BYTES, brackets
 from service.preprocess import (
     MAX_IMAGE_PIXELS,
     SUPPORTED_FORMATS,
@@ -88,7 +88,6 @@ MAX_DATA_ELEMENT_BYTES = 64 * 1024  # one element of a sliced "data" array (a ro
 _DATA_KEY = re.compile(rb'"data"[ \t\r\n]*:[ \t\r\n]*\[')
 _NUMERIC = np.zeros(256, bool)
 _NUMERIC[np.frombuffer(b"0123456789+-.eE,[] \t\r\n", np.uint8)] = True
-_OPEN, _CLOSE = ord("["), ord("]")
 
 
 @dataclass(frozen=True)
@@ -739,23 +738,15 @@ class _NumericData:
         """(begin, end) pieces of the array's inside, cut at commas between its top-level
         elements, each about SLICE_BYTES."""
         body, start, stop = self.body, self.start, self.stop
-        positions, opens, found = [], [], 0
-        for offset in range(start, stop, WINDOW_BYTES):
-            window = np.frombuffer(body, np.uint8, min(WINDOW_BYTES, stop - offset), offset)
-            is_open = window == _OPEN
-            where = np.flatnonzero(is_open | (window == _CLOSE))
-            found += len(where)
-            if found > 2 * most_lists:
-                raise ClientError(
-                    413,
-                    f"input '{INPUT_NAME}' \"data\" nests more than {most_lists:,} JSON lists; "
-                    f"a body over {WHOLE_JSON_BYTES:,} bytes may send its images as a flat "
-                    "array or nested by image or row",
-                )
-            positions.append(where + offset)
-            opens.append(is_open[where])
-        position = np.concatenate(positions)
-        is_open = np.concatenate(opens)
+        too_many = ClientError(
+            413,
+            f"input '{INPUT_NAME}' \"data\" nests more than {most_lists:,} JSON lists; "
+            f"a body over {WHOLE_JSON_BYTES:,} bytes may send its images as a flat "
+            "array or nested by image or row",
+        )
+        found = brackets(body, start, stop, 2 * most_lists, too_many)
+        assert found is not None  # None only for forbidden bytes, and none are given
+        position, is_open = found
         depth = np.cumsum(np.where(is_open, 1, -1))  # depth after each bracket
         closed = np.flatnonzero(depth <= 0)
         if len(closed) != 1 or closed[0] != len(depth) - 1 or depth[-1] != 0:
