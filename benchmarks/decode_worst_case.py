@@ -21,7 +21,6 @@ import struct
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import zlib
 from collections.abc import Callable
@@ -45,6 +44,7 @@ from service.decode_policy import (  # noqa: E402
     MAX_WEBP_PIXELS,
     MIN_TIFF_BLOCK_AREA,
 )
+from tests.support.gil import longest_wait_ms  # noqa: E402
 
 SIDE = int(MAX_IMAGE_PIXELS**0.5)  # 6324: the largest square the pixel limit admits
 WEBP_SIDE = int(MAX_WEBP_PIXELS**0.5)  # 4000: WebP's own limit
@@ -245,14 +245,7 @@ def run_one(path: str) -> None:
             result.append(str(exc))
 
     wall, cpu = time.perf_counter(), time.process_time()
-    worker = threading.Thread(target=decode)
-    longest, last = 0.0, time.perf_counter()
-    worker.start()
-    while worker.is_alive():
-        time.sleep(0.001)
-        now = time.perf_counter()
-        longest, last = max(longest, now - last), now
-    worker.join()
+    longest_ms, _ = longest_wait_ms(decode)  # a 1 ms ticker beside the decode: its GIL holds
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     outcome = result[0]
     peak = peak_rss_kb() - baseline
@@ -265,7 +258,7 @@ def run_one(path: str) -> None:
                 "peak_mb": peak / 1024,
                 "estimate_mb": header.peak_bytes / 2**20,
                 "work_mpx": header.work_pixels / 1e6,
-                "gil_ms": longest * 1000,
+                "gil_ms": longest_ms,
                 "outcome": outcome,
             }
         )

@@ -9,7 +9,6 @@ import contextlib
 import io
 import resource
 import struct
-import threading
 import time
 import tracemalloc
 import zlib
@@ -44,6 +43,7 @@ from service.preprocess import (
     preprocess_image_bytes,
     to_mnist_array,
 )
+from tests.support.gil import longest_gil_hold_ms
 
 FAST_S = 0.05  # process time a refusal may take (generous: a refusal is a header walk)
 SMALL_BYTES = 20 * 2**20  # Python allocations during a refusal
@@ -236,24 +236,6 @@ def test_webp_has_a_lower_pixel_limit_of_its_own():
     assert inspect_image(gif((6324, 6324))).decoded_pixels == 6324 * 6324  # other formats: 40 M
     limit = "limit 1,000,000 pixels"  # a lower general limit still applies to WebP too
     assert_refused_cheaply(webp_lossless(1001, 1000), limit, max_pixels=1_000_000)
-
-
-def longest_gil_hold_ms(work: Callable[[], object], runs: int = 3) -> float:
-    """The least, over `runs`, of the longest wait of a thread ticking every 1 ms while `work`
-    runs in another: a call that holds the GIL makes every run's wait that long, while the
-    machine's own scheduling noise rarely hits all of them."""
-    holds = []
-    for _ in range(runs):
-        worker = threading.Thread(target=work)
-        longest, last = 0.0, time.perf_counter()
-        worker.start()
-        while worker.is_alive():
-            time.sleep(0.001)
-            now = time.perf_counter()
-            longest, last = max(longest, now - last), now
-        worker.join()
-        holds.append(longest * 1000)
-    return min(holds)
 
 
 @pytest.mark.parametrize("mode", ["RGBA", "LA", "PA", "La"])
