@@ -4,10 +4,10 @@ BentoML's workers all accept from the socket its arbiter opened. Each worker's e
 accepts every pending connection it is woken for, so a burst of new connections (a load
 balancer's pool, wrk's 32) often lands mostly on one worker, and stays there for the life of
 the keep-alive connections: measured, one run got 28 of 32 connections on one worker and
-half the throughput. Here each worker accepts one connection at a time and steps aside while
-it holds more open connections than the least loaded sibling, whose counts it reads from a
-small shared file. A sibling that does not accept within `MAX_DEFER_S` (busy, or gone) is
-not waited for.
+half the throughput. Here each worker accepts pending connections only while it holds at
+most `SLACK` more open connections than the least loaded sibling, whose counts it reads from
+a small shared file, and steps aside otherwise. A sibling that does not accept within
+`MAX_DEFER_S` (busy, or gone) is not waited for.
 """
 
 from __future__ import annotations
@@ -31,6 +31,14 @@ SLOT = struct.Struct("=i")
 MAX_WORKERS = 64
 MAX_DEFER_S = 0.05  # long enough for a sibling descheduled on a busy machine (CI: 23:9 at 2 ms)
 RETRY_S = 0.001
+# A worker takes pending connections while it holds at most SLACK more than the least loaded
+# sibling (so a split ends at most SLACK + 1 apart), SLACK + 1 a wake (ACCEPTS_PER_WAKE when
+# it is the only worker). One
+# connection per wake was fair but slow: a busy worker's loop wakes every ~15 ms, so wrk's 128
+# new connections took ~1 s to be all accepted and their first requests waited in the backlog
+# (c=128 p99 264-351 ms; docs/benchmarks.md).
+SLACK = 2
+ACCEPTS_PER_WAKE = 16
 
 
 class ConnectionBoard:
@@ -93,28 +101,35 @@ class FairServer:
 
     def on_readable(self) -> None:
         now = time.monotonic()
-        if self.board.open > self.board.fewest_elsewhere():
+        slack = SLACK if self.board.workers > 1 else ACCEPTS_PER_WAKE
+        if self.board.open > self.board.fewest_elsewhere() + slack:
             if self.deferred_since is None:
                 self.deferred_since = now
             if now - self.deferred_since < MAX_DEFER_S:
                 self.step_aside()
                 return
         self.deferred_since = None
-        try:
-            conn, _ = self.sock.accept()
-        except (BlockingIOError, InterruptedError):
-            return  # a sibling took it
-        except OSError as exc:  # e.g. out of file descriptors: back off instead of spinning
-            logger.warning("accept failed: %s", exc)
-            self.loop.remove_reader(self.fd)
-            self.watching = False
-            self.loop.call_later(0.1, self.watch)
-            return
-        conn.setblocking(False)
-        self.board.opened()
-        self.loop.create_task(self.serve(conn))
+        # With siblings, at most slack + 1 a wake, then a step aside: a sibling's count may be
+        # stale (closed connections it has not seen yet), and this gives it the time to catch up.
+        for accepted in range(ACCEPTS_PER_WAKE if self.board.workers == 1 else slack + 1):
+            if accepted and self.board.open > self.board.fewest_elsewhere() + slack:
+                self.step_aside()  # far enough ahead: let a sibling take the next ones
+                return
+            try:
+                conn, _ = self.sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return  # none pending (a sibling took it)
+            except OSError as exc:  # e.g. out of file descriptors: back off, do not spin
+                logger.warning("accept failed: %s", exc)
+                self.loop.remove_reader(self.fd)
+                self.watching = False
+                self.loop.call_later(0.1, self.watch)
+                return
+            conn.setblocking(False)
+            self.board.opened()
+            self.loop.create_task(self.serve(conn))
         if self.board.workers > 1:
-            self.step_aside()  # one at a time: let a sibling take the next one
+            self.step_aside()
 
     async def serve(self, conn: socket.socket) -> None:
         board = self.board
