@@ -24,6 +24,7 @@ from service.inference import (
     UNCERTAIN,
     Classifier,
     prediction,
+    predictions,
     probabilities_of,
     uncertain_of,
 )
@@ -126,7 +127,7 @@ class Endpoints:
         images = np.stack(
             [await self.preprocess(d, h) for d, h in zip(files, headers, strict=True)]
         )
-        return json_response([prediction(row) for row in await self.outputs(images)])
+        return json_response(predictions(await self.outputs(images)))
 
     async def predict(self, request: Request) -> Response:
         """A JSON batch of 28x28 (or 784) float arrays in [0, 1], white on black."""
@@ -139,9 +140,9 @@ class Endpoints:
             images = await self.in_thread(images_from_json, body, limit)
         rows = await self.outputs(images)
         if len(rows) <= INLINE_BATCH_IMAGES:
-            return json_response([prediction(row) for row in rows])
+            return json_response(predictions(rows))
         # 4096 answers take ~35 ms of Python to build: off the event loop too
-        return await self.in_thread(lambda: json_response([prediction(row) for row in rows]))
+        return await self.in_thread(lambda: json_response(predictions(rows)))
 
     async def predict_bulk(self, request: Request) -> Response:
         """Raw N x 784 uint8 bytes (application/octet-stream) -> parallel digit/confidence lists."""

@@ -98,13 +98,16 @@ def uncertain_of(outputs: np.ndarray) -> list[bool | None]:
 
 def prediction(row: np.ndarray) -> dict[str, Any]:
     """One outputs row as the public `{"digit", "confidence", "probabilities", "uncertain"}`."""
-    probabilities = np.round(
-        probabilities_of(row).astype(np.float64), PROBABILITY_DECIMALS
-    ).tolist()
-    digit = int(np.argmax(probabilities_of(row)))
-    return {
-        "digit": digit,
-        "confidence": probabilities[digit],
-        "probabilities": probabilities,
-        "uncertain": uncertain_of(row[np.newaxis])[0],
-    }
+    return predictions(row[np.newaxis])[0]
+
+
+def predictions(rows: np.ndarray) -> list[dict[str, Any]]:
+    """`prediction` of each outputs row, with one numpy call per batch instead of per row
+    (building 256 answers one by one was a quarter of a /predict request's time)."""
+    probabilities = probabilities_of(rows)
+    rounded = np.round(probabilities.astype(np.float64), PROBABILITY_DECIMALS).tolist()
+    digits = np.argmax(probabilities, axis=1).tolist()
+    return [
+        {"digit": digit, "confidence": row[digit], "probabilities": row, "uncertain": flag}
+        for digit, row, flag in zip(digits, rounded, uncertain_of(rows), strict=True)
+    ]
