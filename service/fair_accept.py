@@ -33,10 +33,9 @@ MAX_DEFER_S = 0.05  # long enough for a sibling descheduled on a busy machine (C
 RETRY_S = 0.001
 # A worker takes pending connections while it holds at most SLACK more than the least loaded
 # sibling (so a split ends at most SLACK + 1 apart), SLACK + 1 a wake (ACCEPTS_PER_WAKE when
-# it is the only worker). One
-# connection per wake was fair but slow: a busy worker's loop wakes every ~15 ms, so wrk's 128
-# new connections took ~1 s to be all accepted and their first requests waited in the backlog
-# (c=128 p99 264-351 ms; docs/benchmarks.md).
+# it is the only worker). One connection per wake was fair but slow: a busy worker's loop
+# wakes every ~15 ms, so wrk's 128 new connections took ~1 s to be all accepted and their
+# first requests waited in the backlog (c=128 p99 264-351 ms; docs/benchmarks.md).
 SLACK = 2
 ACCEPTS_PER_WAKE = 16
 
