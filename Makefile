@@ -42,7 +42,13 @@ retrain: setup  ## retrain, gate, promote, ship: make retrain ARGS="--dry-run"
 # Every interface; `make serve SERVE_HOST=127.0.0.1` listens for this machine only.
 SERVE_HOST ?= 0.0.0.0
 
+# Machines that set PYTHONDONTWRITEBYTECODE=1 (this one, the image) cache no bytecode of the
+# service's own modules, and each process of a start compiled them again (~60 ms in a worker's
+# start, docs/benchmarks.md): compile them first (only what changed since the last time).
+COMPILE := $(BIN)/python -m compileall -q service training
+
 serve: model
+	$(COMPILE)
 	$(BIN)/bentoml serve --host $(SERVE_HOST) --port 3000
 
 system-deps:  ## Chromium + driver for the browser test (Debian, as root)
@@ -75,6 +81,7 @@ bench-setup: setup  ## Java 17 + wrk (Debian, as root) and TorchServe 0.12 into 
 	  || $(BIN)/pip install --quiet --disable-pip-version-check $(BENCH_PIP)
 
 bench: model bench-setup  ## training, serving, side-by-side (TorchServe, bare ASGI), Open Inference
+	$(COMPILE)
 	$(BIN)/python -m benchmarks.run_all $(ARGS)
 	$(BIN)/python -m benchmarks.open_inference
 

@@ -117,15 +117,18 @@ def post(url: str, body: bytes, timeout: float = 10) -> httpx.Response:
 
 
 def wait_predicting(url: str, body: bytes, process: subprocess.Popen, log: Path) -> None:
-    """Poll with a real prediction: TorchServe says Healthy on /ping before its worker loads."""
+    """Poll with a real prediction: TorchServe says Healthy on /ping before its worker loads.
+    One client, every 10 ms, as `tests.support.servers.wait_ready` polls this service."""
     deadline = time.monotonic() + READY_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"{url}: server exited ({process.returncode}):\n{tail(log)}")
-        with contextlib.suppress(httpx.HTTPError):
-            if post(url, body, timeout=5).status_code == 200:
-                return
-        time.sleep(0.1)
+    headers = {"content-type": content_type(BOUNDARY)}
+    with httpx.Client(timeout=5) as client:
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise RuntimeError(f"{url}: server exited ({process.returncode}):\n{tail(log)}")
+            with contextlib.suppress(httpx.HTTPError):
+                if client.post(url, content=body, headers=headers).status_code == 200:
+                    return
+            time.sleep(0.01)
     raise RuntimeError(f"{url}: no successful prediction in {READY_TIMEOUT_S} s:\n{tail(log)}")
 
 

@@ -45,14 +45,17 @@ def server_env(bentoml_home: Path, **overrides: str) -> dict[str, str]:
 
 
 def wait_ready(url: str, process: subprocess.Popen, timeout: float = 60) -> bool:
+    """Polls /readyz every 10 ms with one client: a client per poll (its TLS context) cost ~20 ms
+    of CPU each time, taken from the starting server, and the 50 ms sleep showed in cold starts."""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            return False
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return True
-        time.sleep(0.05)
+    with httpx.Client(timeout=5) as client:
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                return False
+            with contextlib.suppress(httpx.HTTPError):
+                if client.get(f"{url}/readyz").status_code == 200:
+                    return True
+            time.sleep(0.01)
     return False
 
 
