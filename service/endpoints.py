@@ -227,7 +227,15 @@ class Endpoints:
                 self.decode_budget.release(header.peak_bytes)
 
     async def outputs(self, images: np.ndarray) -> np.ndarray:
-        """`Classifier.outputs`: small batches inline, big ones in the heavy-work pool."""
+        """`Classifier.outputs`: one image through the adaptive batcher, small batches inline,
+        big ones in the heavy-work pool.
+
+        One-image requests of every route share forward passes: a one-image Open Inference
+        infer at c=32 ran the model (and the calibration) once per request, 44 % of the
+        worker's time, and reached 0.6x `/predict_image`'s rate (docs/benchmarks.md).
+        """
+        if len(images) == 1:
+            return (await self.batcher.submit(images[0]))[np.newaxis]
         if len(images) <= INLINE_BATCH_IMAGES:
             return self.classifier.outputs(images)
         return await self.in_thread(self.classifier.outputs, images)

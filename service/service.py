@@ -58,7 +58,7 @@ API_PATHS = frozenset(
 
 batch_size_histogram = prometheus_client.Histogram(
     name="mnist_adaptive_batch_size",
-    documentation="Images per forward pass of the /predict_image adaptive batcher.",
+    documentation="Images per forward pass of the adaptive batcher (one-image requests).",
     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
 )
 

@@ -111,6 +111,39 @@ def test_concurrent_single_images_are_batched(server, mnist_test_pngs):
     assert passes > single, "every forward pass of this burst had a single image"
 
 
+def test_concurrent_one_image_requests_of_other_routes_share_forward_passes(
+    server, mnist_test, offline_model
+):
+    """One-image Open Inference infers and /predict batches go through the same batcher as
+    /predict_image: each ran its own forward pass, and a one-image infer at c=32 reached 0.6x
+    /predict_image's rate."""
+    images = mnist_test[0][:64].reshape(64, 784)
+    with torch.inference_mode():
+        offline = offline_model(images).argmax(1).tolist()
+    before = batch_histogram(server)
+
+    def infer(image: torch.Tensor) -> dict:
+        return {"inputs": [{"name": "images", "datatype": "FP32", "shape": [1, 784],
+                            "data": image.tolist()}]}  # fmt: skip
+
+    async def burst() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=server.url, timeout=60) as client:
+            calls = [client.post("/v2/models/mnist/infer", json=infer(i)) for i in images[:32]]
+            calls += [client.post("/predict", json={"images": [i.tolist()]}) for i in images[32:]]
+            return await asyncio.gather(*calls)
+
+    responses = asyncio.run(burst())
+    assert [r.status_code for r in responses] == [200] * 64, responses[0].text
+    outputs = [{o["name"]: o["data"] for o in r.json()["outputs"]} for r in responses[:32]]
+    digits = [output["digit"][0] for output in outputs]
+    digits += [r.json()[0]["digit"] for r in responses[32:]]
+    assert digits == offline
+    after = batch_histogram(server)
+    passes = after[float("inf")] - before.get(float("inf"), 0)
+    assert passes < 64, "64 concurrent one-image requests took 64 forward passes"
+    assert passes > after[1.0] - before.get(1.0, 0), "no forward pass had more than one image"
+
+
 def test_preprocess_image_returns_what_the_model_sees(server, mnist_test_pngs, mnist_test):
     response = post_image(server, mnist_test_pngs[0][0], route="/preprocess_image")
     assert response.status_code == 200
