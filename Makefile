@@ -43,8 +43,8 @@ retrain: setup  ## retrain, gate, promote, ship: make retrain ARGS="--dry-run"
 SERVE_HOST ?= 0.0.0.0
 
 # Machines that set PYTHONDONTWRITEBYTECODE=1 (this one, the image) cache no bytecode of the
-# service's own modules, and each process of a start compiled them again (~60 ms in a worker's
-# start, docs/benchmarks.md): compile them first (only what changed since the last time).
+# service's own modules, and each process of a start compiled them again (~90 ms for all of
+# them in one process, docs/benchmarks.md): compile them first (only what changed since).
 COMPILE := $(BIN)/python -m compileall -q service training
 
 serve: model

@@ -56,7 +56,7 @@ class ServiceSettings(BaseSettings):
         description="Server worker processes; auto: the CPUs this process may use (cgroup aware).",
     )
     torch_threads: int = Field(1, ge=1, le=256, description="torch threads per worker.")
-    batching: bool = Field(True, description="Adaptive batching of /predict_image requests.")
+    batching: bool = Field(True, description="Adaptive batching of concurrent one-image requests.")
     max_batch_size: int = Field(64, ge=1, le=4096, description="Largest adaptive batch.")
     max_latency_ms: float = Field(
         0.0,

@@ -3,6 +3,7 @@ the worker keeps answering /livez within 100 ms meanwhile, and its memory stays 
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import socket
@@ -11,7 +12,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from subprocess import Popen
 from typing import Any
 
 import httpx
@@ -100,22 +103,30 @@ print(answer.status_code)
 """
 
 
-def post_file(url: str, path: Path, content_type: str = "application/json") -> subprocess.Popen:
-    """Starts posting `path`; `answer_of` waits for the answer."""
+@contextlib.contextmanager
+def posting(url: str, path: Path, content_type: str = "application/json") -> Iterator[Popen]:
+    """Posts `path` from its own process meanwhile; `answer_of` then reads the answer. A test
+    that fails while it runs stops it, so that it does not keep loading the shared server."""
     answer = path.with_suffix(".answer")
-    return subprocess.Popen(
+    poster = Popen(
         [sys.executable, "-c", POST_FILE, url, str(path), content_type, str(answer)],
         stdout=subprocess.PIPE,
         text=True,
     )
+    try:
+        yield poster
+    finally:
+        if poster.poll() is None:
+            poster.kill()
+            poster.wait()
 
 
-def answer_of(attack: subprocess.Popen) -> Any:
-    """The JSON answer of a `post_file` process, which must have been a 200."""
-    status = attack.communicate(timeout=120)[0].strip()
-    answer = Path(attack.args[-1]).read_text()
-    assert status == "200", (status, answer)
-    return json.loads(answer)
+def answer_of(poster: Popen) -> Any:
+    """The JSON answer of a `posting` process, which must have been a 200."""
+    status = poster.communicate(timeout=120)[0].strip()
+    answer = Path(poster.args[-1])
+    assert status == "200", (status, answer.read_text() if answer.exists() else "no answer")
+    return json.loads(answer.read_text())
 
 
 def test_a_maximal_json_body_does_not_stall_the_event_loop(guarded_server, tmp_path):
@@ -124,9 +135,11 @@ def test_a_maximal_json_body_does_not_stall_the_event_loop(guarded_server, tmp_p
     image = [0.1234567890123456] * 392 + [0.9876543210987654] * 392
     body = tmp_path / "maximal.json"
     body.write_bytes(json.dumps({"images": [image] * 4096}).encode())
-    attack = post_file(f"{guarded_server.url}/predict", body)
     delays = []
-    with httpx.Client() as client:  # one connection: the delays are the server's, not a setup
+    with (
+        posting(f"{guarded_server.url}/predict", body) as attack,
+        httpx.Client() as client,  # one connection: the delays are the server's, not a setup
+    ):
         while attack.poll() is None:
             started = time.perf_counter()
             assert client.get(f"{guarded_server.url}/livez", timeout=5).status_code == 200
@@ -144,9 +157,8 @@ def test_a_maximal_open_inference_json_body_does_not_stall_the_event_loop(guarde
     body = tmp_path / "maximal-infer.json"
     body.write_bytes(json.dumps({"inputs": [tensor]}).encode())
     url = f"{guarded_server.url}/v2/models/mnist/infer"
-    attack = post_file(url, body)
     delays = []
-    with httpx.Client() as client:
+    with posting(url, body) as attack, httpx.Client() as client:
         while attack.poll() is None:
             started = time.perf_counter()
             assert client.get(f"{guarded_server.url}/livez", timeout=5).status_code == 200
@@ -256,15 +268,16 @@ def test_a_maximal_bulk_body_is_predicted_in_chunks(guarded_server, tmp_path):
     body.write_bytes(np.broadcast_to(image.reshape(1, 784), (count, 784)).tobytes())
     rss_before = process_tree_rss_mb(guarded_server.process.pid)
     peak, delays = [rss_before], []
+    url = f"{guarded_server.url}/predict_bulk"
     with httpx.Client() as client:  # one connection: the delays are the server's, not a setup
         client.get(f"{guarded_server.url}/livez")
-        attack = post_file(f"{guarded_server.url}/predict_bulk", body, "application/octet-stream")
-        while attack.poll() is None:
-            peak.append(process_tree_rss_mb(guarded_server.process.pid))
-            started = time.perf_counter()
-            assert client.get(f"{guarded_server.url}/livez", timeout=5).status_code == 200
-            delays.append((time.perf_counter() - started) * 1000)
-            time.sleep(0.01)
+        with posting(url, body, "application/octet-stream") as attack:
+            while attack.poll() is None:
+                peak.append(process_tree_rss_mb(guarded_server.process.pid))
+                started = time.perf_counter()
+                assert client.get(f"{guarded_server.url}/livez", timeout=5).status_code == 200
+                delays.append((time.perf_counter() - started) * 1000)
+                time.sleep(0.01)
     answer = answer_of(attack)
     assert answer["count"] == count and set(answer["digits"]) == {1}
     # The body (78 MB) and its chunks until joined (78 MB), one chunk's float32 copy (25 MB)

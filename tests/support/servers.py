@@ -45,7 +45,7 @@ def server_env(bentoml_home: Path, **overrides: str) -> dict[str, str]:
 
 
 def wait_ready(url: str, process: subprocess.Popen, timeout: float = 60) -> bool:
-    """Polls /readyz every 10 ms with one client: a client per poll (its TLS context) cost ~20 ms
+    """Polls /readyz every 10 ms with one client: a client per poll (its TLS context) cost ~35 ms
     of CPU each time, taken from the starting server, and the 50 ms sleep showed in cold starts."""
     deadline = time.monotonic() + timeout
     with httpx.Client(timeout=5) as client:
