@@ -100,7 +100,9 @@ class FairServer:
 
     def on_readable(self) -> None:
         now = time.monotonic()
-        slack = SLACK if self.board.workers > 1 else ACCEPTS_PER_WAKE
+        alone = self.board.workers == 1
+        slack = ACCEPTS_PER_WAKE if alone else SLACK
+        per_wake = ACCEPTS_PER_WAKE if alone else SLACK + 1
         if self.board.open > self.board.fewest_elsewhere() + slack:
             if self.deferred_since is None:
                 self.deferred_since = now
@@ -110,7 +112,7 @@ class FairServer:
         self.deferred_since = None
         # With siblings, at most slack + 1 a wake, then a step aside: a sibling's count may be
         # stale (closed connections it has not seen yet), and this gives it the time to catch up.
-        for accepted in range(ACCEPTS_PER_WAKE if self.board.workers == 1 else slack + 1):
+        for accepted in range(per_wake):
             if accepted and self.board.open > self.board.fewest_elsewhere() + slack:
                 self.step_aside()  # far enough ahead: let a sibling take the next ones
                 return
@@ -127,7 +129,7 @@ class FairServer:
             conn.setblocking(False)
             self.board.opened()
             self.loop.create_task(self.serve(conn))
-        if self.board.workers > 1:
+        if not alone:
             self.step_aside()
 
     async def serve(self, conn: socket.socket) -> None:
