@@ -310,6 +310,15 @@ def wrk(url: str, bodies: Path, connections: int, seconds: int) -> dict[str, Any
     return result
 
 
+def steal_percent(before: Any, after: Any) -> float:
+    """Share of the machine's CPU time its hypervisor gave to other guests between two
+    `psutil.cpu_times()` readings (0 off Linux). On a shared VM this, not the load average,
+    says whether a slow run was the server or the host: at c=1 it rose to 40-70 %."""
+    total = sum(after) - sum(before)
+    stolen = getattr(after, "steal", 0.0) - getattr(before, "steal", 0.0)
+    return round(100 * stolen / total, 1) if total > 0 else 0.0
+
+
 def rss(server: Server) -> dict[str, Any]:
     """RSS of the whole process tree; for this service also each BentoML worker's own RSS."""
     sample: dict[str, Any] = {
@@ -387,7 +396,9 @@ def measure(
         for r in range(rounds):
             for key in order(r):
                 run = {"server": key, "concurrency": level, "round": r + 1}
+                before = psutil.cpu_times()
                 run |= wrk(servers[key].url, bodies, level, seconds)
+                run["steal_pct"] = steal_percent(before, psutil.cpu_times())
                 runs.append(run)
                 print(f"c={level} round {r + 1} {LABELS[key]}: {brief(run)}", flush=True)
     return runs
@@ -396,7 +407,7 @@ def measure(
 def brief(run: dict[str, Any]) -> str:
     return (
         f"{run['rps']:,.0f} req/s, p50 {run['p50_ms']:.2f} ms, p99 {run['p99_ms']:.2f} ms, "
-        f"errors {run['errors']}"
+        f"errors {run['errors']}, CPU steal {run['steal_pct']:.0f} %"
     )
 
 
@@ -419,6 +430,7 @@ def summarise(runs: list[dict[str, Any]], levels: list[int]) -> dict[str, Any]:
                 "p50_ms": [r["p50_ms"] for r in mine],
                 "p99_ms": [r["p99_ms"] for r in mine],
                 "errors": [r["errors"] for r in mine],
+                "steal_pct": [r.get("steal_pct", 0.0) for r in mine],
                 "median_rps": statistics.median(rps),
                 "min_rps": min(rps),
                 "max_rps": max(rps),
@@ -537,7 +549,9 @@ def markdown(results: dict[str, Any]) -> str:
     lines = [
         f"{settings['rounds']} round(s) x {settings['duration_s']} s per run, `wrk -t1`, "
         f"{BODY_COUNT} distinct MNIST test PNGs as multipart field `image`; servers alternate "
-        "(A B C, then C B A); a cell is req/s / p50 ms / p99 ms. 1-minute load average "
+        "(A B C, then C B A); a cell is req/s / p50 ms / p99 ms; CPU steal is the share of "
+        "the machine's CPU time its hypervisor gave to other guests during a run. "
+        "1-minute load average "
         f"{before:.1f} before the runs, {after:.1f} after.",
         "",
     ]
@@ -554,8 +568,8 @@ def level_table(level: int, at: dict[str, Any], rounds: int) -> list[str]:
     lines = [
         f"**c={level}**",
         "",
-        f"| server | {header} | median req/s | min-max | p50 ms | p99 ms | errors |",
-        "|---" * (rounds + 6) + "|",
+        f"| server | {header} | median req/s | min-max | p50 ms | p99 ms | errors | CPU steal |",
+        "|---" * (rounds + 7) + "|",
     ]
     for key in KEYS:
         s = at["servers"][key]
@@ -566,14 +580,15 @@ def level_table(level: int, at: dict[str, Any], rounds: int) -> list[str]:
         lines.append(
             f"| {key}: {LABELS[key]} | {cells} | {s['median_rps']:,.0f} | "
             f"{s['min_rps']:,.0f}-{s['max_rps']:,.0f} | {s['median_p50_ms']:.2f} | "
-            f"{s['median_p99_ms']:.1f} | {sum(s['errors'])} |"
+            f"{s['median_p99_ms']:.1f} | {sum(s['errors'])} | "
+            f"{min(s['steal_pct']):.0f}-{max(s['steal_pct']):.0f} % |"
         )
     for other, name in (("B", "A/B (vs TorchServe)"), ("C", "A/C (vs bare)")):
         per_round = at["ratio_per_round"][other]
         cells = " | ".join(f"{v:.2f}x" for v in per_round)
         lines.append(
             f"| {name} | {cells} | {at[f'median_ratio_{other}']:.2f}x | "
-            f"{min(per_round):.2f}-{max(per_round):.2f}x | | | |"
+            f"{min(per_round):.2f}-{max(per_round):.2f}x | | | | |"
         )
     return [*lines, ""]
 
@@ -594,6 +609,7 @@ def memory_table(servers: dict[str, Any]) -> list[str]:
                 + f" MB; other processes {end['other_processes_mb']:.0f} MB)"
             )
         ready = f"{s['cold_start_s']:.2f} s" + (" (/readyz 200)" if key == "A" else "")
+        ready += f", CPU steal {s.get('start_steal_pct', 0.0):.0f} %"
         lines.append(
             f"| {key}: {LABELS[key]} | {ready} | {s['rss_after_start']['total_mb']:.0f} MB | "
             f"{end['total_mb']:.0f} MB{detail} | {s['idle_cpu_percent']:.1f} % |"
@@ -626,7 +642,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         first = (bodies / "0.bin").read_bytes()
         servers: dict[str, Server] = {}
         for key in KEYS:
+            before = psutil.cpu_times()
             servers[key] = stack.enter_context(STARTERS[key](model, tmp, first))
+            servers[key].info["start_steal_pct"] = steal_percent(before, psutil.cpu_times())
             servers[key].info["rss_after_start"] = rss(servers[key])
             print(f"{LABELS[key]} up in {servers[key].cold_start_s:.2f} s", flush=True)
         same_answers(list(servers.values()), bodies)
@@ -651,6 +669,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     "label": LABELS[key],
                     "command": s.command,
                     "cold_start_s": s.cold_start_s,
+                    "start_steal_pct": s.info["start_steal_pct"],
                     "rss_after_start": s.info["rss_after_start"],
                     "rss_after_runs": rss(s),
                     "idle_cpu_percent": idle[key],
