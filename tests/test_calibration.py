@@ -9,6 +9,8 @@ from torch import nn
 from training.calibration import (
     Calibration,
     calibrate,
+    calibrated,
+    energy,
     expected_calibration_error,
     fit_temperature,
     reliability,
@@ -69,6 +71,32 @@ def test_uncertain_flags_flat_answers_and_passes_sharp_ones():
     flat = torch.zeros(1, 10)
     assert uncertain(sharp, calibration).tolist() == [False]
     assert uncertain(flat, calibration).tolist() == [True]
+
+
+def test_calibrated_matches_the_textbook_definitions():
+    """softmax(logits / T), and flagged when its max is under min_confidence or the energy
+    -T * logsumexp(logits / T) over max_energy; computed here in float64 with torch."""
+    g = torch.Generator().manual_seed(1)
+    logits = torch.randn(5000, 10, generator=g) * torch.rand(5000, 1, generator=g) * 12
+    temperature = 1.7
+    exact = (logits.double() / temperature).softmax(1)
+    confidence, energies = exact.amax(1), energy(logits.double(), temperature)
+    calibration = Calibration(
+        temperature,
+        min_confidence=float(confidence.quantile(0.2)),
+        max_energy=float(energies.quantile(0.8)),
+        heldout_images=1,
+        heldout_flagged=0.0,
+    )
+    probabilities, flags = calibrated(logits, calibration)
+    assert probabilities.dtype == torch.float32
+    torch.testing.assert_close(probabilities.double(), exact, atol=1e-6, rtol=1e-5)
+    expected = (confidence < calibration.min_confidence) | (energies > calibration.max_energy)
+    clear = ((confidence - calibration.min_confidence).abs() > 1e-5) & (
+        (energies - calibration.max_energy).abs() > 1e-4
+    )  # float32 rounding may decide the few right at a threshold either way
+    assert 0.2 < float(expected.double().mean()) < 0.45  # both rules flag, neither all
+    assert torch.equal(flags[clear], expected[clear])
 
 
 @pytest.mark.parametrize(
