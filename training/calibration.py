@@ -82,8 +82,9 @@ def uncertain(logits: Tensor, calibration: Calibration) -> Tensor:
 def calibrated(logits: Tensor, calibration: Calibration) -> tuple[Tensor, Tensor]:
     """(N, 10) calibrated probabilities and the (N,) bool flag, from raw logits.
 
-    `calibrated_array` on the logits' values: offline evaluation and the service compute them
-    the same way, so the service's answers are bit for bit what training measured.
+    `calibrated_array` on the logits' values (returned on the CPU): the flag rates training,
+    the gate and the robustness suite measure come from the same function as the service's
+    answers.
     """
     probabilities, flags = calibrated_array(logits.detach().cpu().numpy(), calibration)
     return torch.from_numpy(probabilities), torch.from_numpy(flags)
