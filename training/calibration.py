@@ -6,7 +6,8 @@ but "0.9 confident" then means right about 90 % of the time. The flag marks an i
 `uncertain` when its calibrated confidence is below `min_confidence` or its energy score
 (-T * logsumexp(logits / T), Liu et al., 2020) is above `max_energy`; both thresholds are
 quantiles of the held-out digits, so about `flag_rate` of real digits are flagged.
-Everything here is a pure function of tensors or arrays; the checkpoint stores `Calibration.as_dict()`.
+Everything here is a pure function of tensors or arrays; the checkpoint stores
+`Calibration.as_dict()`.
 """
 
 from __future__ import annotations
