@@ -29,6 +29,7 @@ from typing import Any
 import httpx
 import psutil
 
+from benchmarks import compile_service
 from tests.support import REPO
 from tests.support.processes import process_tree, worker_pids
 from tests.support.servers import running_server, server_env
@@ -80,6 +81,7 @@ def main() -> None:
     args = parser.parse_args()
     if not args.model.is_file():
         parser.error(f"no model at {args.model}; run `make train` or pass --model")
+    compile_service()
     runs = []
     for _ in range(args.starts):
         for workers in args.workers:

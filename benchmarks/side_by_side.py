@@ -39,6 +39,7 @@ from typing import Any
 import httpx
 import psutil
 
+from benchmarks import compile_service
 from tests.support import REPO
 from tests.support.images import png_bytes
 from tests.support.multipart import content_type, multipart_body
@@ -729,6 +730,7 @@ def main(argv: list[str] | None = None) -> None:
     if not args.model.is_file():
         sys.exit(f"error: no model at {args.model}; run `make train` or pass --model")
     print(f"model: {args.model}", flush=True)
+    compile_service()
     stop_on_sigterm()
     results = run(args)
     results["levels"] = summarise(results["runs"], args.levels)
