@@ -32,7 +32,7 @@ import psutil
 from benchmarks import compile_service
 from tests.support import REPO
 from tests.support.processes import process_tree, worker_pids
-from tests.support.servers import running_server, server_env
+from tests.support.servers import running_server, server_env, wait_all_workers
 
 
 def start_once(model: Path, workers: str) -> dict[str, Any]:
@@ -40,13 +40,16 @@ def start_once(model: Path, workers: str) -> dict[str, Any]:
         env = server_env(Path(tmp), MODEL_PATH=str(model), MNIST_WORKERS=workers)
         load = os.getloadavg()[0]
         started = time.perf_counter()
-        with running_server(env, Path(tmp) / "server.log") as server:
-            cold = time.perf_counter() - started
+        with running_server(env, Path(tmp) / "server.log", every_worker=False) as server:
+            cold = server.ready_after_s
             cpu = 0.0
             for process in process_tree(server.process.pid):
                 with contextlib.suppress(psutil.NoSuchProcess):
                     times = process.cpu_times()
                     cpu += times.user + times.system
+            if (count := len(worker_pids(server.process.pid))) > 1:
+                wait_all_workers(server, count)  # the later ones start after the first
+            every_worker = time.perf_counter() - started
             answer = httpx.post(
                 f"{server.url}/predict_bulk",
                 content=bytes(784),
@@ -65,6 +68,7 @@ def start_once(model: Path, workers: str) -> dict[str, Any]:
         "torch": importlib.metadata.version("torch"),  # the build measured
         "cold_start_s": round(cold, 2),
         "cpu_s_to_ready": round(cpu, 2),
+        "every_worker_accepting_s": round(every_worker, 2),
         "total_mb": round(sum(rss.values())),
         "supervisor_mb": round(rss[server.process.pid]),
         "workers_mb": workers_mb,

@@ -38,32 +38,45 @@ RETRY_S = 0.001
 # first requests waited in the backlog (c=128 p99 264-351 ms; docs/benchmarks.md).
 SLACK = 2
 ACCEPTS_PER_WAKE = 16
+# A sibling that does not accept yet (the later workers start after the first one,
+# `service.staggered_start`) is not waited for at all, not even MAX_DEFER_S.
+NOT_ACCEPTING = -1
 
 
 class ConnectionBoard:
-    """Open-connection counts of every worker, one int32 each, in a shared mmap'd file."""
+    """Open-connection counts of every worker, one int32 each, in a shared mmap'd file; a
+    worker that is not accepting (still starting, or closed) holds NOT_ACCEPTING there."""
 
     def __init__(self, path: Path, slot: int, workers: int) -> None:
         self.slot, self.workers = slot, workers
         with open(path, "r+b") as f:
             self.map = mmap.mmap(f.fileno(), MAX_WORKERS * SLOT.size)
         self.open = 0
-        self.publish()
 
     @staticmethod
     def create(path: Path) -> None:
-        path.write_bytes(bytes(MAX_WORKERS * SLOT.size))
+        path.write_bytes(SLOT.pack(NOT_ACCEPTING) * MAX_WORKERS)
 
     def publish(self) -> None:
         SLOT.pack_into(self.map, self.slot * SLOT.size, self.open)
 
-    def fewest_elsewhere(self) -> int:
-        counts = [
+    def start_accepting(self) -> None:
+        self.publish()
+
+    def stop_accepting(self) -> None:
+        SLOT.pack_into(self.map, self.slot * SLOT.size, NOT_ACCEPTING)
+
+    def accepting_elsewhere(self) -> list[int]:
+        """The open-connection counts of the other workers that accept connections now."""
+        counts = (
             SLOT.unpack_from(self.map, i * SLOT.size)[0]
             for i in range(self.workers)
             if i != self.slot
-        ]
-        return min(counts, default=self.open)
+        )
+        return [count for count in counts if count != NOT_ACCEPTING]
+
+    def fewest_elsewhere(self) -> int:
+        return min(self.accepting_elsewhere(), default=self.open)
 
     def opened(self) -> None:
         self.open += 1
@@ -86,6 +99,8 @@ class FairServer:
         self.deferred_since: float | None = None
         self.watching = False
         self.closed = asyncio.Event()
+        board.start_accepting()
+        logger.info("accepting connections (worker %d of %d)", board.slot + 1, board.workers)
         self.watch()
 
     def watch(self) -> None:
@@ -100,7 +115,7 @@ class FairServer:
 
     def on_readable(self) -> None:
         now = time.monotonic()
-        alone = self.board.workers == 1
+        alone = not self.board.accepting_elsewhere()
         slack = ACCEPTS_PER_WAKE if alone else SLACK
         per_wake = ACCEPTS_PER_WAKE if alone else SLACK + 1
         if self.board.open > self.board.fewest_elsewhere() + slack:
@@ -156,6 +171,7 @@ class FairServer:
         if self.watching:
             self.loop.remove_reader(self.fd)
             self.watching = False
+        self.board.stop_accepting()
         self.closed.set()
 
     async def wait_closed(self) -> None:

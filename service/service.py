@@ -20,7 +20,7 @@ import bentoml
 import prometheus_client
 from starlette.responses import Response
 
-from service import draining, fair_accept, supervisor
+from service import draining, fair_accept, staggered_start, supervisor
 from service.schemas import (
     ArrayBatch,
     BulkBody,
@@ -139,6 +139,7 @@ if (SLOT := worker_slot()) is not None:
 
     fair_accept.install(SLOT, WORKERS)
     http_protocol.install(settings.header_timeout_s)
+    staggered_start.wait_for_first_worker(fair_accept.FairLoop.board)
 ACTIVE: dict[str, Endpoints] = {}  # this worker's endpoints, once the model is loaded
 
 

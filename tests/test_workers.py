@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import socket
+import threading
 from pathlib import Path
 
 import psutil
 import pytest
 
-from service import fair_accept
+from service import fair_accept, staggered_start
 from service.fair_accept import ConnectionBoard, FairServer
 from service.settings import ServiceSettings, usable_cpus
 from tests.support.processes import worker_pids
@@ -45,6 +47,9 @@ def test_connection_board_is_shared_between_workers(tmp_path):
     path = tmp_path / "board"
     ConnectionBoard.create(path)
     first, second = ConnectionBoard(path, 0, 2), ConnectionBoard(path, 1, 2)
+    assert first.accepting_elsewhere() == second.accepting_elsewhere() == []
+    first.start_accepting()
+    second.start_accepting()
     for _ in range(3):
         first.opened()
     second.opened()
@@ -52,17 +57,41 @@ def test_connection_board_is_shared_between_workers(tmp_path):
     assert first.fewest_elsewhere() == 1
     first.closed()
     assert second.fewest_elsewhere() == 2
+    first.stop_accepting()  # closed (shutting down): no longer counted as a sibling
+    assert second.accepting_elsewhere() == []
+    assert second.fewest_elsewhere() == second.open
+
+
+def test_a_later_worker_waits_until_a_sibling_accepts(tmp_path):
+    ConnectionBoard.create(tmp_path / "board")
+    first = ConnectionBoard(tmp_path / "board", slot=0, workers=2)
+    second = ConnectionBoard(tmp_path / "board", slot=1, workers=2)
+    assert staggered_start.wait_for_first_worker(first) == 0  # the first never waits
+    assert staggered_start.wait_for_first_worker(None) == 0  # one worker: no board
+    assert staggered_start.wait_for_first_worker(second, limit_s=0.05) >= 0.05  # gives up
+    threading.Timer(0.2, first.start_accepting).start()
+    waited = staggered_start.wait_for_first_worker(second, limit_s=10)
+    assert 0.2 <= waited < 5
+    assert staggered_start.wait_for_first_worker(second) < 0.1  # a restarted worker: no wait
 
 
 @pytest.mark.parametrize(
-    ("workers", "per_wake"), [(1, fair_accept.ACCEPTS_PER_WAKE), (2, fair_accept.SLACK + 1)]
+    ("workers", "sibling_accepts", "per_wake"),
+    [
+        (1, False, fair_accept.ACCEPTS_PER_WAKE),
+        (2, True, fair_accept.SLACK + 1),
+        (2, False, fair_accept.ACCEPTS_PER_WAKE),  # the sibling is still starting
+    ],
 )
-def test_one_wake_takes_several_pending_connections(tmp_path, workers, per_wake):
+def test_one_wake_takes_several_pending_connections(tmp_path, workers, sibling_accepts, per_wake):
     """One accept per wake was fair but slow: a busy worker's loop wakes every ~15 ms, so wrk's
     128 new connections waited up to ~1 s in the backlog (c=128 p99 264-351 ms). A wake now
-    takes up to SLACK + 1 while it is not ahead of its siblings (alone: ACCEPTS_PER_WAKE)."""
+    takes up to SLACK + 1 while it is not ahead of its siblings (alone, or while no sibling
+    accepts yet: ACCEPTS_PER_WAKE)."""
     ConnectionBoard.create(tmp_path / "board")
     board = ConnectionBoard(tmp_path / "board", slot=0, workers=workers)
+    if sibling_accepts:
+        ConnectionBoard(tmp_path / "board", slot=1, workers=workers).start_accepting()
     loop = asyncio.new_event_loop()
     with socket.create_server(("127.0.0.1", 0)) as listener:
         port = listener.getsockname()[1]
@@ -110,7 +139,7 @@ def test_a_burst_of_connections_is_spread_evenly_over_two_workers(
     trained_checkpoint, tmp_path: Path
 ):
     env = server_env(tmp_path, MODEL_PATH=str(trained_checkpoint), MNIST_WORKERS="2")
-    with running_server(env, tmp_path / "server.log") as server:
+    with running_server(env, tmp_path / "server.log") as server:  # both workers accept
         port = int(server.url.rsplit(":", 1)[1])
         for _ in range(5):  # without the fair accept, 28:4 and 21:11 splits were seen
             sockets = connect_many(port, 32)
@@ -119,3 +148,18 @@ def test_a_burst_of_connections_is_spread_evenly_over_two_workers(
                 s.close()
             assert sum(counts) == 32, counts
             assert max(counts) - min(counts) <= 4, counts
+
+
+def test_the_second_worker_starts_once_the_first_accepts(trained_checkpoint, tmp_path: Path):
+    """The first worker starts alone, so `/readyz` answers sooner (service.staggered_start);
+    the second follows, and both serve."""
+    env = server_env(tmp_path, MODEL_PATH=str(trained_checkpoint), MNIST_WORKERS="2")
+    with running_server(env, tmp_path / "server.log") as server:  # both workers accept
+        log = server.log()
+    # Worker 2's own line, not the order of two processes' lines in one log: the first
+    # worker needs over a second (torch, the model) from here to accepting connections.
+    waits = re.findall(
+        r":2\] starting now that another worker accepts connections \(waited (\S+) s", log
+    )
+    assert len(waits) == 1 and float(waits[0]) >= 0.3, log[-3000:]
+    assert ":1] starting now" not in log

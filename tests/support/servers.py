@@ -16,6 +16,7 @@ from pathlib import Path
 import httpx
 
 from tests.support import REPO
+from tests.support.processes import worker_pids
 
 BENTOML = str(Path(sys.executable).with_name("bentoml"))
 
@@ -31,6 +32,7 @@ class Server:
     url: str
     process: subprocess.Popen
     log_path: Path
+    ready_after_s: float = 0.0  # from launch to the first /readyz 200
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -59,6 +61,19 @@ def wait_ready(url: str, process: subprocess.Popen, timeout: float = 60) -> bool
     return False
 
 
+ACCEPTING = "accepting connections (worker"  # service.fair_accept's line, one per worker
+
+
+def wait_all_workers(server: Server, workers: int, timeout: float = 60) -> None:
+    """After /readyz: wait until each of `workers` (2 or more) accepts connections; the later
+    ones start after the first (service.staggered_start)."""
+    deadline = time.monotonic() + timeout
+    while server.log().count(ACCEPTING) < workers:
+        if time.monotonic() > deadline or server.process.poll() is not None:
+            raise RuntimeError(f"not all {workers} workers accept:\n{server.log()[-3000:]}")
+        time.sleep(0.05)
+
+
 def stop(process: subprocess.Popen) -> None:
     """SIGTERM the server's process group, SIGKILL if it lingers."""
     if process.poll() is None:
@@ -73,8 +88,14 @@ def stop(process: subprocess.Popen) -> None:
 
 
 @contextlib.contextmanager
-def running_server(env: dict[str, str], log_path: Path) -> Iterator[Server]:
+def running_server(
+    env: dict[str, str], log_path: Path, every_worker: bool = True
+) -> Iterator[Server]:
+    """`bentoml serve` until the block ends; ready means `/readyz` 200 and, unless
+    `every_worker` is false, every worker accepting connections (they start one after the
+    other, service.staggered_start), so a test never shares the CPUs with a starting worker."""
     port = free_port()
+    started = time.perf_counter()
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
             [BENTOML, "serve", "--host", "127.0.0.1", "--port", str(port)],
@@ -88,6 +109,9 @@ def running_server(env: dict[str, str], log_path: Path) -> Iterator[Server]:
     try:
         if not wait_ready(server.url, process):
             raise RuntimeError(f"server did not become ready:\n{server.log()[-3000:]}")
+        server.ready_after_s = time.perf_counter() - started
+        if every_worker and (count := len(worker_pids(process.pid))) > 1:
+            wait_all_workers(server, count)
         yield server
     finally:
         stop(process)
