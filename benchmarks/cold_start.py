@@ -47,9 +47,10 @@ def start_once(model: Path, workers: str) -> dict[str, Any]:
                 with contextlib.suppress(psutil.NoSuchProcess):
                     times = process.cpu_times()
                     cpu += times.user + times.system
-            if (count := len(worker_pids(server.process.pid))) > 1:
-                wait_all_workers(server, count)  # the later ones start after the first
-            every_worker = time.perf_counter() - started
+            every_worker = cold
+            if len(worker_pids(server.process.pid)) > 1:
+                wait_all_workers(server)
+                every_worker = time.perf_counter() - started
             answer = httpx.post(
                 f"{server.url}/predict_bulk",
                 content=bytes(784),

@@ -150,7 +150,7 @@ def this_service(model: Path, tmp: Path, body: bytes) -> Iterator[Server]:
     env = server_env(home, MODEL_PATH=str(model))
     started = time.perf_counter()
     with running_server(env, tmp / "service.log") as running:
-        every_worker = time.perf_counter() - started  # the later ones start after the first
+        every_worker = time.perf_counter() - started  # running_server waited for all of them
         url = f"{running.url}/predict_image"
         wait_predicting(url, body, running.process, running.log_path)
         command = "bentoml serve (default settings)"

@@ -7,7 +7,8 @@ the keep-alive connections: measured, one run got 28 of 32 connections on one wo
 half the throughput. Here each worker accepts pending connections only while it holds at
 most `SLACK` more open connections than the least loaded sibling, whose counts it reads from
 a small shared file, and steps aside otherwise. A sibling that does not accept within
-`MAX_DEFER_S` (busy, or gone) is not waited for.
+`MAX_DEFER_S` (busy, or killed) is not waited for; one that is still starting or has shut down
+says so on the board and is not counted at all.
 """
 
 from __future__ import annotations
@@ -33,38 +34,45 @@ MAX_DEFER_S = 0.05  # long enough for a sibling descheduled on a busy machine (C
 RETRY_S = 0.001
 # A worker takes pending connections while it holds at most SLACK more than the least loaded
 # sibling (so a split ends at most SLACK + 1 apart), SLACK + 1 a wake (ACCEPTS_PER_WAKE when
-# it is the only worker). One connection per wake was fair but slow: a busy worker's loop
+# no sibling accepts). One connection per wake was fair but slow: a busy worker's loop
 # wakes every ~15 ms, so wrk's 128 new connections took ~1 s to be all accepted and their
 # first requests waited in the backlog (c=128 p99 264-351 ms; docs/benchmarks.md).
 SLACK = 2
 ACCEPTS_PER_WAKE = 16
-# A sibling that does not accept yet (the later workers start after the first one,
-# `service.staggered_start`) is not waited for at all, not even MAX_DEFER_S.
+# A sibling that does not accept (yet) is not waited for at all, not even MAX_DEFER_S: the
+# worker that is up first takes connections as if it were the only one.
 NOT_ACCEPTING = -1
 
 
 class ConnectionBoard:
-    """Open-connection counts of every worker, one int32 each, in a shared mmap'd file; a
-    worker that is not accepting (still starting, or closed) holds NOT_ACCEPTING there."""
+    """Open-connection counts of every worker, one int32 each, in a shared mmap'd file. A
+    worker that does not accept connections (still starting, or shut down) holds NOT_ACCEPTING,
+    so its siblings neither wait for it nor compare themselves with it."""
 
     def __init__(self, path: Path, slot: int, workers: int) -> None:
         self.slot, self.workers = slot, workers
         with open(path, "r+b") as f:
             self.map = mmap.mmap(f.fileno(), MAX_WORKERS * SLOT.size)
         self.open = 0
+        self.accepting = False
+        self.publish()  # a restarted worker: not its killed predecessor's count
 
     @staticmethod
     def create(path: Path) -> None:
         path.write_bytes(SLOT.pack(NOT_ACCEPTING) * MAX_WORKERS)
 
     def publish(self) -> None:
-        SLOT.pack_into(self.map, self.slot * SLOT.size, self.open)
+        value = self.open if self.accepting else NOT_ACCEPTING
+        SLOT.pack_into(self.map, self.slot * SLOT.size, value)
 
     def start_accepting(self) -> None:
+        self.accepting = True
         self.publish()
 
     def stop_accepting(self) -> None:
-        SLOT.pack_into(self.map, self.slot * SLOT.size, NOT_ACCEPTING)
+        """Shutting down: the connections still open close after this, and stay unpublished."""
+        self.accepting = False
+        self.publish()
 
     def accepting_elsewhere(self) -> list[int]:
         """The open-connection counts of the other workers that accept connections now."""

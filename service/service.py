@@ -20,7 +20,7 @@ import bentoml
 import prometheus_client
 from starlette.responses import Response
 
-from service import draining, fair_accept, staggered_start, supervisor
+from service import draining, fair_accept, supervisor
 from service.schemas import (
     ArrayBatch,
     BulkBody,
@@ -73,8 +73,9 @@ def worker_slot() -> int | None:
 
 
 def share_connection_board() -> None:
-    """In the server process: the file where its workers publish their connection counts."""
-    if WORKERS > 1 and fair_accept.BOARD_ENV not in os.environ:
+    """In `bentoml serve`'s own process: a new file where its workers publish their connection
+    counts (never one inherited from whatever started it: two servers would share it)."""
+    if WORKERS > 1 and supervisor.is_supervisor(sys.argv):
         fd, name = tempfile.mkstemp(prefix="mnist-connections-")
         os.close(fd)
         fair_accept.ConnectionBoard.create(Path(name))
@@ -139,7 +140,6 @@ if (SLOT := worker_slot()) is not None:
 
     fair_accept.install(SLOT, WORKERS)
     http_protocol.install(settings.header_timeout_s)
-    staggered_start.wait_for_first_worker(fair_accept.FairLoop.board)
 ACTIVE: dict[str, Endpoints] = {}  # this worker's endpoints, once the model is loaded
 
 

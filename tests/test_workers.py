@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
 import socket
-import threading
 from pathlib import Path
 
 import psutil
 import pytest
 
-from service import fair_accept, staggered_start
+from service import fair_accept
 from service.fair_accept import ConnectionBoard, FairServer
 from service.settings import ServiceSettings, usable_cpus
 from tests.support.processes import worker_pids
@@ -62,17 +60,40 @@ def test_connection_board_is_shared_between_workers(tmp_path):
     assert second.fewest_elsewhere() == second.open
 
 
-def test_a_later_worker_waits_until_a_sibling_accepts(tmp_path):
+def test_a_worker_that_shut_down_or_restarted_is_not_counted(tmp_path):
+    """uvicorn closes the server, then each open connection (which counts it down): the board
+    must go on saying "not accepting". A worker restarted after a SIGKILL starts from "not
+    accepting", not from its predecessor's count."""
     ConnectionBoard.create(tmp_path / "board")
     first = ConnectionBoard(tmp_path / "board", slot=0, workers=2)
     second = ConnectionBoard(tmp_path / "board", slot=1, workers=2)
-    assert staggered_start.wait_for_first_worker(first) == 0  # the first never waits
-    assert staggered_start.wait_for_first_worker(None) == 0  # one worker: no board
-    assert staggered_start.wait_for_first_worker(second, limit_s=0.05) >= 0.05  # gives up
-    threading.Timer(0.2, first.start_accepting).start()
-    waited = staggered_start.wait_for_first_worker(second, limit_s=10)
-    assert 0.2 <= waited < 5
-    assert staggered_start.wait_for_first_worker(second) < 0.1  # a restarted worker: no wait
+    second.start_accepting()
+    second.opened()
+    second.opened()
+    second.stop_accepting()
+    second.closed()
+    assert first.accepting_elsewhere() == []
+    killed = ConnectionBoard(tmp_path / "board", slot=1, workers=2)
+    killed.start_accepting()
+    killed.opened()  # then SIGKILL: the count stays on the board
+    assert first.accepting_elsewhere() == [1]
+    ConnectionBoard(tmp_path / "board", slot=1, workers=2)  # its replacement, still starting
+    assert first.accepting_elsewhere() == []
+
+
+def test_a_closed_server_stays_off_the_board(tmp_path):
+    ConnectionBoard.create(tmp_path / "board")
+    board = ConnectionBoard(tmp_path / "board", slot=1, workers=2)
+    sibling = ConnectionBoard(tmp_path / "board", slot=0, workers=2)
+    loop = asyncio.new_event_loop()
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        server = FairServer(loop, asyncio.Protocol, listener, board)
+        assert sibling.accepting_elsewhere() == [0]
+        board.opened()
+        server.close()
+        board.closed()  # a connection closed during shutdown
+        assert sibling.accepting_elsewhere() == []
+    loop.close()
 
 
 @pytest.mark.parametrize(
@@ -148,18 +169,3 @@ def test_a_burst_of_connections_is_spread_evenly_over_two_workers(
                 s.close()
             assert sum(counts) == 32, counts
             assert max(counts) - min(counts) <= 4, counts
-
-
-def test_the_second_worker_starts_once_the_first_accepts(trained_checkpoint, tmp_path: Path):
-    """The first worker starts alone, so `/readyz` answers sooner (service.staggered_start);
-    the second follows, and both serve."""
-    env = server_env(tmp_path, MODEL_PATH=str(trained_checkpoint), MNIST_WORKERS="2")
-    with running_server(env, tmp_path / "server.log") as server:  # both workers accept
-        log = server.log()
-    # Worker 2's own line, not the order of two processes' lines in one log: the first
-    # worker needs over a second (torch, the model) from here to accepting connections.
-    waits = re.findall(
-        r":2\] starting now that another worker accepts connections \(waited (\S+) s", log
-    )
-    assert len(waits) == 1 and float(waits[0]) >= 0.3, log[-3000:]
-    assert ":1] starting now" not in log
