@@ -1,9 +1,19 @@
 # `make serve`: set up, train a model if the store has none, serve on :3000.
 # `make test`:  set up, lint, run the whole test suite; `make test-fast`: unit + in-process tiers.
-PYTHON ?= $(shell command -v python3.11 || command -v python3)
+# The interpreter .venv is built on: the system's own Python 3.11 where it has one that can make
+# a venv (Debian's /usr/bin/python3.11, the one the image runs: built with profile-guided and
+# link-time optimization, it started `bentoml serve` in 0.80x the time of pyenv's default build
+# of 3.11.7, docs/benchmarks.md "Sixth pass"), else python3.11 or python3 on PATH.
+ifndef PYTHON
+PYTHON := $(shell for python in /usr/bin/python3.11 /usr/local/bin/python3.11 \
+	"$$(command -v python3.11)" "$$(command -v python3)"; do \
+	[ -x "$$python" ] && "$$python" -c 'import ensurepip, venv' 2>/dev/null && { echo "$$python"; break; }; done)
+endif
+# The binary behind it (a pyenv shim is a script): .venv must run this one.
+PYTHON_BINARY := $(shell '$(PYTHON)' -c 'import os, sys; print(os.path.realpath(sys.executable))' 2>/dev/null)
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
+STAMP := $(VENV)/.installed-$(shell (sha1sum pyproject.toml; echo '$(PYTHON_BINARY)') | sha1sum | cut -c1-12)
 export BENTOML_DO_NOT_TRACK := true
 
 # The tiers (markers in pyproject.toml): the end-to-end tests start real servers, builds,
@@ -22,7 +32,11 @@ TORCH_INDEX_URL ?=
 # its other requirements: keep them in step when this changes).
 SELENIUM := selenium==4.51.0
 
+# A .venv built on another interpreter is built again on this one (and torch chosen again).
 $(STAMP): pyproject.toml scripts/torch_source.py
+	if [ -x $(BIN)/python ] && [ "$$(readlink -f $(BIN)/python)" != '$(PYTHON_BINARY)' ]; then \
+	  echo "setup: .venv runs $$(readlink -f $(BIN)/python), not $(PYTHON_BINARY): building it again"; \
+	  rm -rf $(VENV); fi
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python scripts/torch_source.py --install --quiet $(if $(TORCH_INDEX_URL),--index-url '$(TORCH_INDEX_URL)')
 	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[train,dev]'
