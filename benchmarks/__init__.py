@@ -2,6 +2,8 @@
 
 import compileall
 
+import psutil
+
 from tests.support import REPO
 
 
@@ -11,3 +13,12 @@ def compile_service() -> None:
     modules again, ~90 ms each, which a user of `make serve` never pays."""
     for package in ("service", "training"):
         compileall.compile_dir(REPO / package, quiet=1)
+
+
+def disk_read_bytes() -> int:
+    """Bytes the machine has read from its disks. This VM pages out file cache that no process
+    maps and nobody read for about a minute (its kernel's DAMON `pageout` scheme), so a start
+    after a pause reads torch and the bytecode from disk again: 50-100 MiB, 3.2-25 s at the
+    disk's worst here (docs/benchmarks.md, "Sixth pass")."""
+    counters = psutil.disk_io_counters()
+    return counters.read_bytes if counters else 0

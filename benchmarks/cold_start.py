@@ -29,7 +29,7 @@ from typing import Any
 import httpx
 import psutil
 
-from benchmarks import compile_service
+from benchmarks import compile_service, disk_read_bytes
 from tests.support import REPO
 from tests.support.processes import process_tree, worker_pids
 from tests.support.servers import running_server, server_env, wait_all_workers
@@ -39,9 +39,11 @@ def start_once(model: Path, workers: str) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="cold-start-") as tmp:
         env = server_env(Path(tmp), MODEL_PATH=str(model), MNIST_WORKERS=workers)
         load = os.getloadavg()[0]
+        read_before = disk_read_bytes()
         started = time.perf_counter()
         with running_server(env, Path(tmp) / "server.log", every_worker=False) as server:
             cold = server.ready_after_s
+            read_mib = (disk_read_bytes() - read_before) / 2**20
             cpu = 0.0
             for process in process_tree(server.process.pid):
                 with contextlib.suppress(psutil.NoSuchProcess):
@@ -69,6 +71,7 @@ def start_once(model: Path, workers: str) -> dict[str, Any]:
         "torch": importlib.metadata.version("torch"),  # the build measured
         "cold_start_s": round(cold, 2),
         "cpu_s_to_ready": round(cpu, 2),
+        "disk_read_mib_to_ready": round(read_mib, 1),  # file cache the VM had paged out
         "every_worker_accepting_s": round(every_worker, 2),
         "total_mb": round(sum(rss.values())),
         "supervisor_mb": round(rss[server.process.pid]),
