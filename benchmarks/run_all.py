@@ -1,7 +1,7 @@
 """Run every benchmark and rewrite docs/benchmarks.md with the measured tables.
 
     make bench        # = .venv/bin/python -m benchmarks.run_all
-    .venv/bin/python -m benchmarks.run_all --only side-by-side --duration 10 --rounds 3
+    .venv/bin/python -m benchmarks.run_all --only side-by-side --side-duration 10 --rounds 3
 
 The load generator (wrk, one thread) shares the machine with the server, as in the targets.
 Each benchmark writes one `## ` section, headed by its own machine line and date; `--only`
