@@ -736,8 +736,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def timed_start(
     key: str, model: Path, directory: Path, first: bytes, starts: list[dict[str, float]]
 ) -> Iterator[Server]:
-    """Start one server on a quiet machine and append its start (launch to first answer), the
-    CPU steal during it and how busy the machine was before it to `starts`."""
+    """Start one server on a quiet machine and append to `starts` its start (launch to first
+    answer), the MiB read from disk and the CPU steal during it, and how busy the machine was."""
     busy = wait_until_quiet()
     if busy >= QUIET_BELOW_PCT:
         print(f"the machine is {busy:.0f} % busy before {LABELS[key]} starts", flush=True)
