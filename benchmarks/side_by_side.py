@@ -697,7 +697,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         servers: dict[str, Server] = {}
         for key in KEYS:
             servers[key] = stack.enter_context(timed_start(key, model, tmp, first, starts[key]))
-            servers[key].info["starts"] = starts[key]
             servers[key].info["rss_after_start"] = rss(servers[key])
         same_answers(list(servers.values()), bodies)
         idle = idle_cpu_percent(list(servers.values()))
@@ -721,7 +720,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 key: {
                     "label": LABELS[key],
                     "command": s.command,
-                    **start_summary(s.info["starts"]),
+                    **start_summary(starts[key]),
                     "rss_after_start": s.info["rss_after_start"],
                     "rss_after_runs": rss(s),
                     "idle_cpu_percent": idle[key],
